@@ -1,0 +1,351 @@
+"""The DistTrainJob API (disttrain.io/v1alpha1): pydantic models of spec and status.
+
+These models are the one source of truth: the CRD schema is generated from them (crd.py), the
+operator validates every job with them, and local mode (`disttrain run`) reads manifests with them.
+Field docstrings become the descriptions that `kubectl explain` shows.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import StrEnum
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.alias_generators import to_camel
+
+GROUP = "disttrain.io"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+KIND = "DistTrainJob"
+PLURAL = "disttrainjobs"
+SINGULAR = "disttrainjob"
+SHORT_NAMES = ["dtj"]
+
+DEFAULT_IMAGE = "disttrain/trainer:0.1.0"
+DEFAULT_PORT = 2222
+DNS_LABEL_MAX = 63
+JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+
+
+class ReplicaType(StrEnum):
+    """TensorFlow task types; they are also the keys of TF_CONFIG's cluster."""
+
+    CHIEF = "chief"
+    PS = "ps"
+    WORKER = "worker"
+    EVALUATOR = "evaluator"
+
+
+REPLICA_TYPES: tuple[ReplicaType, ...] = tuple(ReplicaType)
+
+RestartPolicy = Literal["Never", "OnFailure", "Always", "ExitCode"]
+CleanPodPolicy = Literal["Running", "All", "None"]
+SuccessPolicy = Literal["ChiefOrWorker0", "AllWorkers"]
+
+
+class Model(BaseModel):
+    """Base: camelCase on the wire, snake_case in Python, unknown fields rejected."""
+
+    model_config = ConfigDict(
+        alias_generator=to_camel,
+        populate_by_name=True,
+        extra="forbid",
+        use_attribute_docstrings=True,
+    )
+
+    def to_wire(self) -> dict[str, Any]:
+        """The JSON form used in Kubernetes objects (camelCase, no unset optional fields)."""
+        return self.model_dump(by_alias=True, exclude_none=True, mode="json")
+
+
+class EnvVar(Model):
+    """An environment variable for the trainer container."""
+
+    name: str = Field(min_length=1)
+    """Name of the variable."""
+    value: str | None = None
+    """Literal value."""
+    value_from: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """A Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef)."""
+
+
+Quantity = int | str
+
+
+class Resources(Model):
+    """Compute resources for each pod of a role (as in a container's `resources`)."""
+
+    requests: dict[str, Quantity] | None = None
+    """Minimum resources, e.g. {cpu: "1", memory: 2Gi}."""
+    limits: dict[str, Quantity] | None = None
+    """Maximum resources. The trainer sizes its thread pools from the CPU limit."""
+
+
+class ReplicaSpec(Model):
+    """How to run the pods of one TensorFlow role."""
+
+    replicas: int = Field(default=1, ge=0)
+    """Number of pods of this role. chief and evaluator take at most 1."""
+    image: str | None = None
+    """Container image for this role; defaults to spec.image."""
+    command: list[str] | None = None
+    """Container command; defaults to the image's entrypoint (disttrain-trainer)."""
+    args: list[str] | None = None
+    """Trainer arguments for this role; when set, they replace spec.args."""
+    env: list[EnvVar] = Field(default_factory=list)
+    """Extra environment variables, added after spec.env."""
+    resources: Resources | None = None
+    """CPU and memory requests and limits. GPUs go in `gpus`."""
+    gpus: int = Field(default=0, ge=0)
+    """NVIDIA GPUs per pod: sets the nvidia.com/gpu limit and tolerates the nvidia.com/gpu taint."""
+    restart_policy: RestartPolicy = "ExitCode"
+    """What happens when a pod of this role fails. Never: the job fails. OnFailure/Always: the kubelet
+    restarts the container in place. ExitCode: exit codes 1-127 are permanent (the job fails); 128 and
+    above (signals, OOM kill) and evictions recreate the pod. Every restart counts against backoffLimit."""
+    template: dict[str, Any] | None = Field(
+        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
+    )
+    """A full PodTemplateSpec merged under the operator's settings (name, labels, TF_CONFIG, ports and
+    restart policy are always the operator's). Use it for nodeSelector, volumes, sidecars, securityContext.
+    The trainer container is the one named `tensorflow`, else the first."""
+
+
+class RunPolicy(Model):
+    """Job-wide lifecycle settings."""
+
+    clean_pod_policy: CleanPodPolicy = "Running"
+    """Which pods to delete when the job finishes. Running (default): pods still running, such as
+    parameter servers, so nothing keeps holding resources; All: every pod; None: keep all."""
+    backoff_limit: int = Field(default=6, ge=0)
+    """Restarts and recreations of pods allowed, in total, before the job fails (BackoffLimitExceeded)."""
+    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    """Seconds the job may run, counted from its start (or resumption); then it fails (DeadlineExceeded)."""
+    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    """Delete the finished job (and so its pods) this many seconds after it succeeded or failed."""
+    suspend: bool = False
+    """true deletes the job's pods and keeps the job; false (again) recreates them."""
+
+
+class Storage(Model):
+    """A PersistentVolumeClaim shared by every pod, for TensorBoard logs, checkpoints and the model."""
+
+    claim_name: str = Field(min_length=1)
+    """Name of an existing PersistentVolumeClaim in the job's namespace (ReadWriteMany for several nodes)."""
+    mount_path: str = Field(default="/var/lib/disttrain", pattern=r"^/")
+    """Where the claim is mounted. The trainer writes under <mountPath>/<job name>/."""
+
+
+class ReplicaSpecs(Model):
+    """Replica specs keyed by TensorFlow task type."""
+
+    chief: ReplicaSpec | None = None
+    """The coordinator: runs the training loop in parameter-server mode, writes checkpoints."""
+    ps: ReplicaSpec | None = None
+    """Parameter servers: hold the sharded model variables (Downpour SGD's parameter server)."""
+    worker: ReplicaSpec | None = None
+    """Workers: compute gradients (model replicas)."""
+    evaluator: ReplicaSpec | None = None
+    """Side-car evaluator: evaluates checkpoints as they appear; not part of the training cluster."""
+
+    def items(self) -> list[tuple[ReplicaType, ReplicaSpec]]:
+        """The roles that are set, in TensorFlow's order (chief, ps, worker, evaluator)."""
+        return [(role, spec) for role in REPLICA_TYPES if (spec := getattr(self, role.value)) is not None]
+
+    def count(self, role: ReplicaType) -> int:
+        """Number of replicas of a role (0 when the role is absent)."""
+        spec = getattr(self, role.value)
+        return spec.replicas if spec is not None else 0
+
+    @model_validator(mode="after")
+    def _check_topology(self) -> ReplicaSpecs:
+        for single in (ReplicaType.CHIEF, ReplicaType.EVALUATOR):
+            if self.count(single) > 1:
+                raise ValueError(f"spec.replicaSpecs.{single.value}.replicas must be 0 or 1")
+        if self.count(ReplicaType.CHIEF) + self.count(ReplicaType.WORKER) == 0:
+            raise ValueError("spec.replicaSpecs needs a chief or at least one worker")
+        if self.count(ReplicaType.PS) > 0:
+            if self.count(ReplicaType.CHIEF) != 1:
+                raise ValueError(
+                    "spec.replicaSpecs.chief.replicas must be 1 when ps replicas are set: "
+                    "TensorFlow's parameter-server training runs its coordinator as the task named chief"
+                )
+            if self.count(ReplicaType.WORKER) == 0:
+                raise ValueError("spec.replicaSpecs.worker.replicas must be at least 1 when ps replicas are set")
+        return self
+
+
+class DistTrainJobSpec(Model):
+    """The desired TensorFlow cluster and how to run it."""
+
+    image: str = DEFAULT_IMAGE
+    """Default container image for every role."""
+    args: list[str] = Field(default_factory=list)
+    """Trainer arguments given to every role (each role takes what applies to it)."""
+    env: list[EnvVar] = Field(default_factory=list)
+    """Environment variables for every role."""
+    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    """The TensorFlow gRPC port of every task."""
+    replica_specs: ReplicaSpecs
+    """The pods per TensorFlow role: chief, ps, worker, evaluator."""
+    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    """Clean-up, backoff, deadline, TTL and suspension."""
+    success_policy: SuccessPolicy = "ChiefOrWorker0"
+    """When the job has succeeded. ChiefOrWorker0: the chief exits 0 (or worker 0 when there is no chief).
+    AllWorkers: the chief (if any) and every worker exit 0."""
+    storage: Storage | None = None
+    """Optional shared PersistentVolumeClaim for outputs."""
+
+
+def max_pod_name_length(job_name: str, replica_specs: ReplicaSpecs) -> int:
+    """Length of the longest generated pod name `<job>-<role>-<index>`."""
+    lengths = [
+        len(f"{job_name}-{role.value}-{spec.replicas - 1}") for role, spec in replica_specs.items() if spec.replicas
+    ]
+    return max(lengths, default=len(job_name))
+
+
+def validate_job_name(name: str, spec: DistTrainJobSpec) -> None:
+    """Checks that the job name can be a Service name and every pod name a DNS label."""
+    if not re.match(JOB_NAME_PATTERN, name) or len(name) > DNS_LABEL_MAX:
+        raise ValueError(
+            f"metadata.name {name!r} must be a DNS label (lower-case letters, digits and '-', starting "
+            f"with a letter, at most {DNS_LABEL_MAX} characters): it names the job's Service"
+        )
+    longest = max_pod_name_length(name, spec.replica_specs)
+    if longest > DNS_LABEL_MAX:
+        raise ValueError(
+            f"metadata.name {name!r} is too long: pod names <job>-<role>-<index> would have {longest} "
+            f"characters, over the {DNS_LABEL_MAX}-character DNS label limit"
+        )
+
+
+class InvalidSpecError(ValueError):
+    """A manifest that does not describe a valid DistTrainJob; the message names the field."""
+
+
+def format_validation_error(error: ValidationError, prefix: str = "spec") -> str:
+    """One readable line per problem, naming each field by its wire path (spec.replicaSpecs...)."""
+    lines = []
+    for item in error.errors():
+        path = ".".join([prefix, *(str(part) for part in item["loc"])]) if item["loc"] else prefix
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{path}: {message}")
+    return "; ".join(lines)
+
+
+def parse_spec(name: str, spec: dict[str, Any]) -> DistTrainJobSpec:
+    """Validates a job's spec (as found in the object) and its name; raises InvalidSpecError."""
+    try:
+        parsed = DistTrainJobSpec.model_validate(spec, by_alias=True)
+    except ValidationError as error:
+        raise InvalidSpecError(format_validation_error(error)) from None
+    try:
+        validate_job_name(name, parsed)
+    except ValueError as error:
+        raise InvalidSpecError(str(error)) from None
+    return parsed
+
+
+def parse_manifest(manifest: dict[str, Any]) -> tuple[str, str, DistTrainJobSpec]:
+    """Validates a whole DistTrainJob manifest; returns (namespace, name, spec)."""
+    if manifest.get("apiVersion") != API_VERSION or manifest.get("kind") != KIND:
+        raise InvalidSpecError(
+            f"expected apiVersion {API_VERSION} and kind {KIND}, got "
+            f"{manifest.get('apiVersion')!r} and {manifest.get('kind')!r}"
+        )
+    metadata = manifest.get("metadata") or {}
+    name = metadata.get("name")
+    if not name:
+        raise InvalidSpecError("metadata.name is required")
+    if not isinstance(manifest.get("spec"), dict):
+        raise InvalidSpecError("spec is required")
+    return metadata.get("namespace", "default"), name, parse_spec(name, manifest["spec"])
+
+
+# ---------------------------------------------------------------- status
+
+ConditionType = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+JobState = Literal["Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+
+
+class Condition(Model):
+    """One observed aspect of the job, as in every Kubernetes workload."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    type: ConditionType
+    """Created, Running, Restarting, Suspended, Succeeded or Failed."""
+    status: Literal["True", "False", "Unknown"]
+    """Whether the condition holds."""
+    reason: str
+    """CamelCase reason, e.g. PodFailed, BackoffLimitExceeded, DeadlineExceeded, InvalidSpec."""
+    message: str = ""
+    """Human-readable detail."""
+    last_transition_time: str
+    """When status last changed (RFC 3339)."""
+
+
+class ReplicaStatus(Model):
+    """Pod counts of one role."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    desired: int = 0
+    """Replicas asked for."""
+    active: int = 0
+    """Pods pending or running."""
+    ready: int = 0
+    """Pods running and ready."""
+    succeeded: int = 0
+    """Pods that exited 0."""
+    failed: int = 0
+    """Pods that failed and were not (yet) recreated."""
+    restarts: int = 0
+    """Container restarts plus pod recreations of this role, in total; they count against backoffLimit."""
+    retired_restarts: int = 0
+    """Restarts of pods that the operator has since recreated (kept so no restart is forgotten)."""
+    summary: str = "0/0"
+    """ready/desired, for `kubectl get`."""
+
+
+class DistTrainJobStatus(Model):
+    """What the operator observed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    state: JobState = "Pending"
+    """The latest condition that holds: Created, Running, Restarting, Suspended, Succeeded or Failed."""
+    conditions: list[Condition] = Field(
+        default_factory=list,
+        json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+    )
+    """Conditions; `kubectl wait --for=condition=Succeeded` reads them."""
+    replica_statuses: dict[str, ReplicaStatus] = Field(default_factory=dict)
+    """Counts per role (chief, ps, worker, evaluator)."""
+    restarts: int = 0
+    """Restarts of all roles together."""
+    start_time: str | None = None
+    """When the job (last) started running its pods (RFC 3339); activeDeadlineSeconds counts from here."""
+    completion_time: str | None = None
+    """When the job succeeded or failed (RFC 3339)."""
+    observed_generation: int | None = None
+    """The metadata.generation this status describes."""
+    counted_failures: list[str] = Field(default_factory=list)
+    """UIDs of failed pods already counted as restarts, so that a stale view never counts one twice."""
+
+    def condition(self, kind: ConditionType) -> Condition | None:
+        """The condition of this type, if present."""
+        return next((c for c in self.conditions if c.type == kind), None)
+
+    def is_true(self, kind: ConditionType) -> bool:
+        """Whether the condition of this type is present and True."""
+        found = self.condition(kind)
+        return found is not None and found.status == "True"
+
+    @property
+    def finished(self) -> bool:
+        """The job has succeeded or failed for good."""
+        return self.is_true("Succeeded") or self.is_true("Failed")

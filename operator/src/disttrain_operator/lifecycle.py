@@ -1,0 +1,353 @@
+"""Replica states -> job conditions, restarts, success and failure (pure).
+
+`reconcile` is the whole job semantics in one function. The operator feeds it the job's pods and local
+mode feeds it its processes; both act on the returned `Plan`. It is level-triggered: given the same
+world it returns the same answer, so it can be called on every event, timer tick or restart.
+
+What happens when a worker exits 137? Under `ExitCode` (the default) 137 is a signal (128 + 9, e.g.
+OOM kill), so the pod is deleted to be recreated and one restart counts against backoffLimit; under
+`Never` the job fails with reason PodFailed; under `OnFailure`/`Always` the kubelet restarts it in
+place and the container's restart count is what counts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Literal
+
+from .api import Condition as ConditionModel
+from .api import (
+    ConditionType,
+    DistTrainJobSpec,
+    DistTrainJobStatus,
+    JobState,
+    ReplicaSpec,
+    ReplicaStatus,
+    ReplicaType,
+)
+
+PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
+EventType = Literal["Normal", "Warning"]
+MAX_COUNTED_FAILURES = 100
+PERMANENT_EXIT_CODES = range(1, 128)
+
+
+@dataclass(frozen=True)
+class ReplicaObservation:
+    """What is known of one replica's pod (or local process)."""
+
+    role: ReplicaType
+    index: int
+    phase: PodPhase
+    uid: str = ""
+    ready: bool = False
+    exit_code: int | None = None
+    restarts: int = 0
+    reason: str | None = None
+    deleting: bool = False
+
+    @property
+    def name(self) -> str:
+        """`<role>-<index>`, as used in messages."""
+        return f"{self.role.value}-{self.index}"
+
+    @property
+    def active(self) -> bool:
+        """Pending or running, and not on its way out."""
+        return self.phase in ("Pending", "Running", "Unknown") and not self.deleting
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A Kubernetes Event to post on the job (or a line to print in local mode)."""
+
+    type: EventType
+    reason: str
+    message: str
+
+
+@dataclass
+class Plan:
+    """What to do next: the new status, pods to create and delete, events, and when to look again."""
+
+    status: DistTrainJobStatus
+    create: list[tuple[ReplicaType, int]] = field(default_factory=list)
+    delete: list[tuple[ReplicaType, int]] = field(default_factory=list)
+    events: list[JobEvent] = field(default_factory=list)
+    delete_job: bool = False
+    requeue_after: float | None = None
+
+
+def format_time(moment: datetime) -> str:
+    """RFC 3339 in UTC with seconds, as Kubernetes writes times."""
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_time(text: str) -> datetime:
+    """Parses a Kubernetes RFC 3339 time."""
+    return datetime.fromisoformat(text.replace("Z", "+00:00"))
+
+
+def is_retryable(policy: str, observation: ReplicaObservation) -> bool:
+    """Whether a failed pod is recreated (True) or fails the job (False)."""
+    if policy == "Never":
+        return False
+    if policy == "ExitCode":
+        return observation.exit_code is None or observation.exit_code not in PERMANENT_EXIT_CODES
+    # OnFailure/Always restart the container in place; a pod that still ends Failed was evicted or
+    # lost its node, and only a new pod can run it again.
+    return True
+
+
+def describe_failure(observation: ReplicaObservation) -> str:
+    """`worker-1 exited with code 137 (OOMKilled)` and the like."""
+    if observation.exit_code is not None:
+        text = f"{observation.name} exited with code {observation.exit_code}"
+    else:
+        text = f"{observation.name} failed"
+    return f"{text} ({observation.reason})" if observation.reason else text
+
+
+class _Builder:
+    """Accumulates one reconcile's decisions."""
+
+    def __init__(self, previous: DistTrainJobStatus, now: datetime) -> None:
+        self.status = previous.model_copy(deep=True)
+        self.now = now
+        self.plan = Plan(status=self.status)
+
+    def set_condition(self, kind: ConditionType, holds: bool, reason: str, message: str = "") -> None:
+        value = "True" if holds else "False"
+        current = self.status.condition(kind)
+        if current is None:
+            if not holds:
+                return  # absent means False; only record conditions once they have held
+            self.status.conditions.append(
+                ConditionModel(
+                    type=kind,
+                    status=value,
+                    reason=reason,
+                    message=message,
+                    last_transition_time=format_time(self.now),
+                )
+            )
+            return
+        if current.status != value:
+            current.last_transition_time = format_time(self.now)
+        current.status, current.reason, current.message = value, reason, message
+
+    def event(self, kind: EventType, reason: str, message: str) -> None:
+        self.plan.events.append(JobEvent(kind, reason, message))
+
+    def finish(self, succeeded: bool, reason: str, message: str) -> None:
+        self.set_condition("Succeeded" if succeeded else "Failed", True, reason, message)
+        self.set_condition("Running", False, reason, "the job has finished")
+        self.set_condition("Restarting", False, reason, "the job has finished")
+        self.status.completion_time = format_time(self.now)
+        self.event("Normal" if succeeded else "Warning", reason, message)
+
+
+def _replica_statuses(
+    spec: DistTrainJobSpec, observed: list[ReplicaObservation], previous: DistTrainJobStatus
+) -> dict[str, ReplicaStatus]:
+    statuses: dict[str, ReplicaStatus] = {}
+    for role, replica_spec in spec.replica_specs.items():
+        mine = [o for o in observed if o.role == role]
+        before = previous.replica_statuses.get(role.value, ReplicaStatus())
+        ready = sum(1 for o in mine if o.ready and o.phase == "Running" and not o.deleting)
+        statuses[role.value] = ReplicaStatus(
+            desired=replica_spec.replicas,
+            active=sum(1 for o in mine if o.active),
+            ready=ready,
+            succeeded=sum(1 for o in mine if o.phase == "Succeeded"),
+            failed=sum(1 for o in mine if o.phase == "Failed" and not o.deleting),
+            retired_restarts=before.retired_restarts,
+            restarts=before.retired_restarts + sum(o.restarts for o in mine),
+            summary=f"{ready}/{replica_spec.replicas}",
+        )
+    return statuses
+
+
+def _succeeded(spec: DistTrainJobSpec, by_key: dict[tuple[ReplicaType, int], ReplicaObservation]) -> bool:
+    def done(role: ReplicaType, index: int) -> bool:
+        found = by_key.get((role, index))
+        return found is not None and found.phase == "Succeeded"
+
+    has_chief = spec.replica_specs.count(ReplicaType.CHIEF) > 0
+    if spec.success_policy == "AllWorkers":
+        workers = spec.replica_specs.count(ReplicaType.WORKER)
+        return (not has_chief or done(ReplicaType.CHIEF, 0)) and all(
+            done(ReplicaType.WORKER, i) for i in range(workers)
+        )
+    return done(ReplicaType.CHIEF, 0) if has_chief else done(ReplicaType.WORKER, 0)
+
+
+def cleanup_targets(policy: str, observed: list[ReplicaObservation]) -> list[tuple[ReplicaType, int]]:
+    """Pods that cleanPodPolicy removes once the job has finished."""
+    if policy == "None":
+        return []
+    keep_finished = policy == "Running"
+    return [
+        (o.role, o.index)
+        for o in observed
+        if not o.deleting and not (keep_finished and o.phase in ("Succeeded", "Failed"))
+    ]
+
+
+def _state(status: DistTrainJobStatus) -> JobState:
+    for kind in ("Failed", "Succeeded", "Suspended", "Restarting", "Running", "Created"):
+        if status.is_true(kind):  # type: ignore[arg-type]
+            return kind  # type: ignore[return-value]
+    return "Pending"
+
+
+def _after_finish(b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]) -> Plan:
+    b.plan.delete = cleanup_targets(spec.run_policy.clean_pod_policy, observed)
+    ttl = spec.run_policy.ttl_seconds_after_finished
+    if ttl is not None and b.status.completion_time:
+        expiry = parse_time(b.status.completion_time) + timedelta(seconds=ttl)
+        if b.now >= expiry:
+            b.plan.delete_job = True
+        else:
+            b.plan.requeue_after = (expiry - b.now).total_seconds()
+    b.status.state = _state(b.status)
+    return b.plan
+
+
+def _count_failures(
+    b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]
+) -> ReplicaObservation | None:
+    """Recreates retryable failed pods; returns the first permanent failure, if any."""
+    for o in observed:
+        if o.phase != "Failed" or o.deleting:
+            continue
+        replica_spec: ReplicaSpec = getattr(spec.replica_specs, o.role.value)
+        if not is_retryable(replica_spec.restart_policy, o):
+            return o
+        b.plan.delete.append((o.role, o.index))
+        if o.uid and o.uid in b.status.counted_failures:
+            continue  # already counted; a stale view still shows the pod we deleted
+        role_status = b.status.replica_statuses[o.role.value]
+        role_status.retired_restarts += 1 + o.restarts
+        role_status.restarts += 1
+        if o.uid:
+            b.status.counted_failures = [*b.status.counted_failures, o.uid][-MAX_COUNTED_FAILURES:]
+        message = f"{describe_failure(o)}; recreating the pod (restartPolicy {replica_spec.restart_policy})"
+        b.event("Warning", "PodFailed", message)
+        b.set_condition("Restarting", True, "PodRestarting", message)
+    return None
+
+
+def reconcile(
+    spec: DistTrainJobSpec,
+    observed: list[ReplicaObservation],
+    previous: DistTrainJobStatus,
+    now: datetime,
+    generation: int | None = None,
+) -> Plan:
+    """Decides the job's next status and actions from the replicas observed now."""
+    b = _Builder(previous, now)
+    status = b.status
+    status.observed_generation = generation if generation is not None else status.observed_generation
+    observed = sorted(observed, key=lambda o: (o.role.value, o.index))
+    by_key = {(o.role, o.index): o for o in observed}
+    status.replica_statuses = _replica_statuses(spec, observed, previous)
+    status.restarts = sum(r.restarts for r in status.replica_statuses.values())
+
+    if status.finished:
+        return _after_finish(b, spec, observed)
+
+    if spec.run_policy.suspend:
+        if not status.is_true("Suspended"):
+            b.event("Normal", "Suspended", "job suspended: its pods are deleted")
+        b.set_condition("Suspended", True, "JobSuspended", "spec.runPolicy.suspend is true")
+        b.set_condition("Running", False, "JobSuspended", "the job is suspended")
+        b.set_condition("Restarting", False, "JobSuspended", "the job is suspended")
+        status.start_time = None  # activeDeadlineSeconds counts again from resumption, as for batch Jobs
+        b.plan.delete = [(o.role, o.index) for o in observed if not o.deleting]
+        status.state = _state(status)
+        return b.plan
+    if status.is_true("Suspended"):
+        b.set_condition("Suspended", False, "JobResumed", "spec.runPolicy.suspend is false")
+        b.event("Normal", "Resumed", "job resumed: its pods are recreated")
+
+    if status.start_time is None:
+        status.start_time = format_time(now)
+    if not status.is_true("Created"):
+        b.set_condition("Created", True, "JobCreated", "the job's Service and pods are being created")
+        b.event("Normal", "Created", "creating the job's Service and pods")
+
+    deadline = spec.run_policy.active_deadline_seconds
+    if deadline is not None:
+        remaining = (parse_time(status.start_time) + timedelta(seconds=deadline) - now).total_seconds()
+        if remaining <= 0:
+            b.finish(False, "DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds ({deadline}s)")
+            return _after_finish(b, spec, observed)
+        b.plan.requeue_after = remaining
+
+    in_place = [
+        f"{role}: {r.restarts - previous.replica_statuses[role].restarts} container restart(s)"
+        for role, r in status.replica_statuses.items()
+        if role in previous.replica_statuses and r.restarts > previous.replica_statuses[role].restarts
+    ]
+    permanent = _count_failures(b, spec, observed)
+    if permanent is not None:
+        b.finish(False, "PodFailed", describe_failure(permanent))
+        return _after_finish(b, spec, observed)
+
+    status.restarts = sum(r.restarts for r in status.replica_statuses.values())
+    if status.restarts > spec.run_policy.backoff_limit:
+        b.finish(
+            False,
+            "BackoffLimitExceeded",
+            f"{status.restarts} restarts exceed backoffLimit {spec.run_policy.backoff_limit}",
+        )
+        return _after_finish(b, spec, observed)
+
+    if _succeeded(spec, by_key):
+        who = (
+            "every worker"
+            if spec.success_policy == "AllWorkers"
+            else ("the chief" if spec.replica_specs.count(ReplicaType.CHIEF) else "worker 0")
+        )
+        b.finish(True, "JobSucceeded", f"{who} completed successfully")
+        return _after_finish(b, spec, observed)
+
+    if in_place:
+        message = "; ".join(in_place)
+        b.event("Warning", "Restarted", message)
+        b.set_condition("Restarting", True, "ContainerRestarted", message)
+
+    deleting = set(b.plan.delete)
+    for role, replica_spec in spec.replica_specs.items():
+        for index in range(replica_spec.replicas):
+            if (role, index) not in by_key and (role, index) not in deleting:
+                b.plan.create.append((role, index))
+    b.plan.delete.extend(
+        (o.role, o.index) for o in observed if o.index >= spec.replica_specs.count(o.role) and not o.deleting
+    )
+
+    all_up = not b.plan.create and all(
+        by_key[(role, i)].phase in ("Running", "Succeeded")
+        for role, replica_spec in spec.replica_specs.items()
+        for i in range(replica_spec.replicas)
+        if (role, i) in by_key
+    )
+    if all_up and not deleting:
+        b.set_condition("Running", True, "AllReplicasRunning", "every replica is running")
+        if status.is_true("Restarting"):
+            b.set_condition("Restarting", False, "AllReplicasRunning", "every replica is running again")
+    elif status.is_true("Restarting"):
+        b.set_condition("Running", False, "Restarting", "replicas are being restarted")
+    status.state = _state(status)
+    return b.plan
+
+
+def fail_invalid_spec(previous: DistTrainJobStatus, message: str, now: datetime) -> Plan:
+    """The plan for a job whose spec cannot run: Failed/InvalidSpec, nothing created, never retried."""
+    b = _Builder(previous, now)
+    if not b.status.is_true("Failed"):
+        b.finish(False, "InvalidSpec", message)
+    b.status.state = _state(b.status)
+    return b.plan
