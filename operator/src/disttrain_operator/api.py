@@ -190,7 +190,7 @@ class DistTrainJobSpec(Model):
     """The TensorFlow gRPC port of every task."""
     replica_specs: ReplicaSpecs
     """The pods per TensorFlow role: chief, ps, worker, evaluator."""
-    run_policy: RunPolicy = Field(default_factory=RunPolicy)
+    run_policy: RunPolicy = Field(default_factory=RunPolicy, json_schema_extra={"default": {}})
     """Clean-up, backoff, deadline, TTL and suspension."""
     success_policy: SuccessPolicy = "ChiefOrWorker0"
     """When the job has succeeded. ChiefOrWorker0: the chief exits 0 (or worker 0 when there is no chief).

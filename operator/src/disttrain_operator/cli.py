@@ -1,0 +1,68 @@
+"""`disttrain operator | crd | run`: the operator, the generated CRD, and local mode."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="disttrain", description="Distributed TensorFlow training jobs (DistTrainJob) on Kubernetes or locally."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    operator = commands.add_parser("operator", help="run the Kubernetes operator")
+    scope = operator.add_mutually_exclusive_group()
+    scope.add_argument("--all-namespaces", "-A", action="store_true", help="watch every namespace (default)")
+    scope.add_argument(
+        "--namespace",
+        "-n",
+        action="append",
+        dest="namespaces",
+        metavar="NS",
+        help="watch only this namespace (repeatable)",
+    )
+    operator.add_argument(
+        "--liveness",
+        default="http://0.0.0.0:8080/healthz",
+        help="liveness endpoint URL (default %(default)s; 'none' disables it)",
+    )
+
+    commands.add_parser("crd", help="print the generated CustomResourceDefinition YAML")
+
+    run = commands.add_parser("run", help="run a DistTrainJob manifest as local processes")
+    run.add_argument("manifest", type=Path, help="the DistTrainJob YAML, as you would kubectl apply it")
+    run.add_argument(
+        "--output-dir",
+        type=Path,
+        default=None,
+        help="where the replicas write logs, checkpoints, the model and metrics (default runs/<job name>)",
+    )
+    run.add_argument("--trainer", default=None, help="trainer command (default: disttrain-trainer beside this program)")
+    run.add_argument("--quiet", "-q", action="store_true", help="show only the chief's progress and the summary")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `disttrain` console script."""
+    args = _parser().parse_args(argv)
+    if args.command == "crd":
+        from .crd import crd_yaml
+
+        sys.stdout.write(crd_yaml())
+        return 0
+    if args.command == "run":
+        from .local import run_manifest
+
+        return run_manifest(args.manifest, output_dir=args.output_dir, trainer=args.trainer, quiet=args.quiet)
+    from .handlers import run_operator
+
+    liveness = None if args.liveness == "none" else args.liveness
+    run_operator(namespaces=args.namespaces, liveness=liveness)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
