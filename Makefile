@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export MNIST_DIR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data/mnist),)
 
-.PHONY: help venv demo test test-unit lint control-plane cluster-up cluster-down crd bench clean
+.PHONY: help venv demo test test-unit lint control-plane cluster-up cluster-down crd crd-files bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -37,6 +37,10 @@ cluster-down: venv ## Stop every process cluster-up started
 
 crd: venv ## Print the generated CustomResourceDefinition
 	@$(VENV)/bin/disttrain crd
+
+crd-files: venv ## Regenerate the CRD copies under deploy/ and charts/ from the API models
+	$(VENV)/bin/disttrain crd > deploy/crd/disttrain.io_disttrainjobs.yaml
+	$(VENV)/bin/disttrain crd > charts/disttrain/crds/disttrain.io_disttrainjobs.yaml
 
 bench: venv ## Benchmarks (JSON and PNG under bench/results/)
 	$(PY) bench/trainer.py

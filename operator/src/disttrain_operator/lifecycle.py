@@ -334,7 +334,7 @@ def reconcile(
         for i in range(replica_spec.replicas)
         if (role, i) in by_key
     )
-    if all_up and not deleting:
+    if all_up and not deleting and not in_place:
         b.set_condition("Running", True, "AllReplicasRunning", "every replica is running")
         if status.is_true("Restarting"):
             b.set_condition("Restarting", False, "AllReplicasRunning", "every replica is running again")

@@ -1,0 +1,246 @@
+"""The job state machine: the cases Kubeflow's TFJob suite covers, and the ones it gets wrong."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from disttrain_operator.api import DistTrainJobSpec, DistTrainJobStatus, ReplicaType
+from disttrain_operator.lifecycle import Plan, ReplicaObservation, fail_invalid_spec, is_retryable, reconcile
+
+from .helpers import ps_spec, spec_from
+
+T0 = datetime(2026, 11, 25, 12, 0, 0, tzinfo=UTC)
+CHIEF, PS, WORKER, EVALUATOR = ReplicaType.CHIEF, ReplicaType.PS, ReplicaType.WORKER, ReplicaType.EVALUATOR
+
+
+def pod(role: ReplicaType, index: int, phase: str = "Running", **fields) -> ReplicaObservation:
+    fields.setdefault("ready", phase == "Running")
+    fields.setdefault("uid", f"{role.value}-{index}-uid")
+    return ReplicaObservation(role, index, phase, **fields)  # type: ignore[arg-type]
+
+
+def all_running(spec: DistTrainJobSpec) -> list[ReplicaObservation]:
+    return [pod(role, i) for role, rs in spec.replica_specs.items() for i in range(rs.replicas)]
+
+
+def replace(pods: list[ReplicaObservation], new: ReplicaObservation) -> list[ReplicaObservation]:
+    return [new if (p.role, p.index) == (new.role, new.index) else p for p in pods]
+
+
+def step(
+    spec: DistTrainJobSpec, pods: list[ReplicaObservation], status: DistTrainJobStatus | None = None, at: datetime = T0
+) -> Plan:
+    return reconcile(spec, pods, status or DistTrainJobStatus(), at)
+
+
+def reasons(plan: Plan) -> list[str]:
+    return [event.reason for event in plan.events]
+
+
+def test_new_job_creates_every_replica_and_is_created() -> None:
+    spec = ps_spec(workers=2, ps=2)
+    plan = step(spec, [])
+    assert sorted(plan.create) == sorted([(CHIEF, 0), (PS, 0), (PS, 1), (WORKER, 0), (WORKER, 1)])
+    assert plan.status.state == "Created"
+    assert plan.status.start_time == "2026-11-25T12:00:00Z"
+    assert reasons(plan) == ["Created"]
+
+
+def test_all_running_sets_running_and_summaries() -> None:
+    spec = ps_spec(workers=2, ps=1)
+    plan = step(spec, all_running(spec))
+    assert plan.status.state == "Running"
+    assert plan.status.replica_statuses["worker"].summary == "2/2"
+    assert plan.status.replica_statuses["ps"].active == 1
+    assert not plan.create and not plan.delete
+
+
+def test_pending_pod_is_not_running_yet() -> None:
+    spec = ps_spec(workers=1, ps=1)
+    pods = replace(all_running(spec), pod(WORKER, 0, "Pending"))
+    assert step(spec, pods).status.state == "Created"
+
+
+def test_chief_success_succeeds_and_stops_running_ps() -> None:
+    spec = ps_spec(workers=2, ps=2)
+    pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))
+    pods = replace(pods, pod(WORKER, 1, "Succeeded", exit_code=0))
+    plan = step(spec, pods)
+    assert plan.status.state == "Succeeded"
+    assert plan.status.is_true("Succeeded") and not plan.status.is_true("Running")
+    assert plan.status.completion_time == "2026-11-25T12:00:00Z"
+    # cleanPodPolicy Running: the still-running ps and worker 0 go, finished pods stay for their logs
+    assert sorted(plan.delete) == [(PS, 0), (PS, 1), (WORKER, 0)]
+    assert "JobSucceeded" in reasons(plan)
+
+
+def test_worker0_success_without_chief() -> None:
+    spec = spec_from({"worker": {"replicas": 3}})
+    pods = replace(all_running(spec), pod(WORKER, 0, "Succeeded", exit_code=0))
+    plan = step(spec, pods)
+    assert plan.status.state == "Succeeded"
+    assert "worker 0" in plan.status.condition("Succeeded").message
+
+
+def test_worker1_success_alone_is_not_enough() -> None:
+    spec = spec_from({"worker": {"replicas": 3}})
+    pods = replace(all_running(spec), pod(WORKER, 1, "Succeeded", exit_code=0))
+    assert step(spec, pods).status.state == "Running"
+
+
+def test_all_workers_policy_waits_for_every_worker() -> None:
+    spec = spec_from({"chief": {}, "worker": {"replicas": 2}}, successPolicy="AllWorkers")
+    pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))
+    pods = replace(pods, pod(WORKER, 0, "Succeeded", exit_code=0))
+    assert step(spec, pods).status.state == "Running"
+    pods = replace(pods, pod(WORKER, 1, "Succeeded", exit_code=0))
+    assert step(spec, pods).status.state == "Succeeded"
+
+
+@pytest.mark.parametrize("role", [PS, EVALUATOR, WORKER])
+def test_failure_under_never_fails_the_job_naming_the_replica(role: ReplicaType) -> None:
+    spec = spec_from(
+        {"chief": {}, "ps": {"replicas": 1}, "worker": {"replicas": 1}, "evaluator": {}}
+        | {role.value: {"replicas": 1, "restartPolicy": "Never"}}
+    )
+    pods = replace(all_running(spec), pod(role, 0, "Failed", exit_code=1, reason="Error"))
+    plan = step(spec, pods)
+    failed = plan.status.condition("Failed")
+    assert failed is not None and failed.reason == "PodFailed"
+    assert failed.message == f"{role.value}-0 exited with code 1 (Error)"
+    assert (role, 0) not in plan.delete  # the failed pod stays for its logs
+
+
+def test_exit_code_policy_recreates_signals_and_counts_them() -> None:
+    spec = ps_spec(workers=2, ps=1)
+    pods = replace(all_running(spec), pod(WORKER, 1, "Failed", exit_code=137, reason="OOMKilled", uid="w1-a"))
+    plan = step(spec, pods)
+    assert plan.delete == [(WORKER, 1)]
+    assert not plan.create  # the new pod is made once the old one is gone
+    assert plan.status.state == "Restarting"
+    assert plan.status.restarts == 1
+    assert plan.status.replica_statuses["worker"].restarts == 1
+    failures = [event.message for event in plan.events if event.reason == "PodFailed"]
+    assert failures == ["worker-1 exited with code 137 (OOMKilled); recreating the pod (restartPolicy ExitCode)"]
+    # next look: the old pod is gone, so it is created again, and nothing is counted twice
+    gone = [p for p in pods if (p.role, p.index) != (WORKER, 1)]
+    plan2 = step(spec, gone, plan.status)
+    assert plan2.create == [(WORKER, 1)]
+    assert plan2.status.restarts == 1
+    plan3 = step(spec, all_running(spec), plan2.status)
+    assert plan3.status.state == "Running" and not plan3.status.is_true("Restarting")
+
+
+def test_stale_view_of_a_deleted_pod_is_not_counted_twice() -> None:
+    spec = ps_spec(workers=1, ps=1)
+    pods = replace(all_running(spec), pod(WORKER, 0, "Failed", exit_code=143, uid="w0-a"))
+    first = step(spec, pods)
+    again = step(spec, pods, first.status)
+    assert again.status.replica_statuses["worker"].retired_restarts == 1
+    assert again.delete == [(WORKER, 0)]
+
+
+def test_exit_code_policy_treats_1_to_127_as_permanent() -> None:
+    spec = ps_spec(workers=1, ps=1)
+    pods = replace(all_running(spec), pod(WORKER, 0, "Failed", exit_code=2))
+    assert step(spec, pods).status.condition("Failed").reason == "PodFailed"
+
+
+def test_retryable_rules() -> None:
+    assert is_retryable("ExitCode", pod(WORKER, 0, "Failed", exit_code=None, reason="Evicted"))
+    assert is_retryable("ExitCode", pod(WORKER, 0, "Failed", exit_code=128))
+    assert not is_retryable("ExitCode", pod(WORKER, 0, "Failed", exit_code=127))
+    assert is_retryable("OnFailure", pod(WORKER, 0, "Failed", exit_code=1))
+    assert not is_retryable("Never", pod(WORKER, 0, "Failed", exit_code=137))
+
+
+def test_in_place_restarts_count_against_backoff_limit() -> None:
+    spec = ps_spec(workers=1, ps=1, runPolicy={"backoffLimit": 2})
+    spec.replica_specs.worker.restart_policy = "OnFailure"  # type: ignore[union-attr]
+    status = step(spec, all_running(spec)).status
+    plan = step(spec, replace(all_running(spec), pod(WORKER, 0, restarts=2)), status)
+    assert plan.status.state == "Restarting" and "Restarted" in reasons(plan)
+    plan = step(spec, replace(all_running(spec), pod(WORKER, 0, restarts=3)), plan.status)
+    failed = plan.status.condition("Failed")
+    assert failed is not None and failed.reason == "BackoffLimitExceeded"
+    assert failed.message == "3 restarts exceed backoffLimit 2"
+
+
+def test_recreations_count_against_backoff_limit() -> None:
+    spec = ps_spec(workers=1, ps=1, runPolicy={"backoffLimit": 1})
+    status = DistTrainJobStatus()
+    for attempt in range(2):
+        pods = replace(all_running(spec), pod(WORKER, 0, "Failed", exit_code=137, uid=f"w0-{attempt}"))
+        plan = step(spec, pods, status)
+        status = step(spec, all_running(spec), plan.status).status
+    assert plan.status.condition("Failed").reason == "BackoffLimitExceeded"
+
+
+def test_deadline_fails_the_job_and_requeues_before() -> None:
+    spec = ps_spec(workers=1, ps=1, runPolicy={"activeDeadlineSeconds": 30})
+    plan = step(spec, all_running(spec))
+    assert plan.requeue_after == pytest.approx(30)
+    plan = step(spec, all_running(spec), plan.status, at=T0 + timedelta(seconds=10))
+    assert plan.requeue_after == pytest.approx(20)
+    plan = step(spec, all_running(spec), plan.status, at=T0 + timedelta(seconds=31))
+    assert plan.status.condition("Failed").reason == "DeadlineExceeded"
+    assert len(plan.delete) == 3  # every running pod is cleaned up
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them() -> None:
+    spec = ps_spec(workers=1, ps=1, runPolicy={"suspend": True})
+    running = step(ps_spec(workers=1, ps=1), all_running(spec)).status
+    plan = step(spec, all_running(spec), running)
+    assert plan.status.state == "Suspended" and len(plan.delete) == 3 and not plan.create
+    assert plan.status.start_time is None and not plan.status.is_true("Running")
+    assert "Suspended" in reasons(plan)
+    resumed = step(ps_spec(workers=1, ps=1), [], plan.status, at=T0 + timedelta(minutes=5))
+    assert len(resumed.create) == 3
+    assert resumed.status.condition("Suspended").status == "False"
+    assert resumed.status.start_time == "2026-11-25T12:05:00Z"
+    assert "Resumed" in reasons(resumed)
+
+
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [("Running", [(PS, 0)]), ("All", [(CHIEF, 0), (PS, 0), (WORKER, 0)]), ("None", [])],
+)
+def test_clean_pod_policies(policy: str, expected: list) -> None:
+    spec = ps_spec(workers=1, ps=1, runPolicy={"cleanPodPolicy": policy})
+    pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))
+    pods = replace(pods, pod(WORKER, 0, "Succeeded", exit_code=0))
+    assert sorted(step(spec, pods).delete) == expected
+
+
+def test_ttl_deletes_the_finished_job_when_due() -> None:
+    spec = ps_spec(workers=1, ps=1, runPolicy={"ttlSecondsAfterFinished": 60})
+    pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))
+    done = step(spec, pods)
+    assert done.requeue_after == pytest.approx(60) and not done.delete_job
+    later = step(spec, pods, done.status, at=T0 + timedelta(seconds=61))
+    assert later.delete_job
+
+
+def test_finished_job_stays_finished_and_creates_nothing() -> None:
+    spec = ps_spec(workers=1, ps=1)
+    pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))
+    done = step(spec, pods).status
+    plan = step(spec, [], done, at=T0 + timedelta(minutes=1))
+    assert plan.status.state == "Succeeded" and not plan.create and not plan.events
+    assert plan.status.completion_time == "2026-11-25T12:00:00Z"
+
+
+def test_scale_down_deletes_extra_replicas() -> None:
+    spec = ps_spec(workers=1, ps=1)
+    pods = [*all_running(spec), pod(WORKER, 1)]
+    assert step(spec, pods).delete == [(WORKER, 1)]
+
+
+def test_invalid_spec_fails_once() -> None:
+    plan = fail_invalid_spec(DistTrainJobStatus(), "spec.replicaSpecs.chief.replicas must be 0 or 1", T0)
+    failed = plan.status.condition("Failed")
+    assert failed is not None and failed.reason == "InvalidSpec" and plan.status.state == "Failed"
+    again = fail_invalid_spec(plan.status, "same", T0 + timedelta(seconds=5))
+    assert again.events == [] and again.status.condition("Failed").last_transition_time == "2026-11-25T12:00:00Z"
