@@ -158,6 +158,7 @@ class LocalJob:
                 if line.startswith(FINAL_PREFIX):
                     with contextlib.suppress(json.JSONDecodeError):
                         self.final_metrics = json.loads(line[len(FINAL_PREFIX) :])
+                    continue  # the summary shows these numbers
                 fields = parse_progress(line)
                 if fields is not None:
                     self.say(prefix + format_progress(fields))

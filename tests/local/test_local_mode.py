@@ -1,0 +1,184 @@
+"""`disttrain run`: the job's semantics with local processes (a fake trainer keeps these fast)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from disttrain_operator.api import InvalidSpecError, parse_spec
+from disttrain_operator.local import format_progress, parse_progress, run_manifest
+
+FAKE_TRAINER = f"{sys.executable} {Path(__file__).with_name('fake_trainer.py')}"
+
+
+def write_job(tmp_path: Path, replica_specs: dict[str, Any], **spec: Any) -> Path:
+    manifest = {
+        "apiVersion": "disttrain.io/v1alpha1",
+        "kind": "DistTrainJob",
+        "metadata": {"name": "fake"},
+        "spec": {"replicaSpecs": replica_specs, **spec},
+    }
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(manifest))
+    return path
+
+
+PS_JOB = {"chief": {"replicas": 1}, "ps": {"replicas": 2}, "worker": {"replicas": 2}}
+
+
+def run(tmp_path: Path, job: Path, plan: dict[str, Any] | None = None) -> tuple[int, str]:
+    os.environ["FAKE_PLAN"] = json.dumps(plan or {})
+    out = io.StringIO()
+    try:
+        code = run_manifest(job, output_dir=tmp_path / "out", trainer=FAKE_TRAINER, out=out)
+    finally:
+        del os.environ["FAKE_PLAN"]
+    return code, out.getvalue()
+
+
+def pids_of(output: Path) -> list[int]:
+    folder = output / "pids"
+    return [int(p.read_text()) for p in folder.iterdir()] if folder.exists() else []
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie still answers kill(0); it is dead for our purpose
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
+
+
+def test_parameter_server_job_succeeds_and_every_server_exits(tmp_path: Path) -> None:
+    code, output = run(tmp_path, write_job(tmp_path, PS_JOB))
+    assert code == 0, output
+    assert "job fake: Succeeded" in output
+    assert "accuracy:    98.00% (held out)" in output
+    assert "step 20/20 [" in output
+    for name in ("ps-0", "ps-1", "worker-0", "worker-1"):
+        assert f"{name} exiting: the chief is done" in output
+    assert "still running after the job finished" not in output
+    assert len(pids_of(tmp_path / "out")) == 5
+    assert not [pid for pid in pids_of(tmp_path / "out") if alive(pid)]
+
+
+def test_tf_config_points_every_replica_at_loopback_ports(tmp_path: Path) -> None:
+    code, _ = run(
+        tmp_path,
+        write_job(
+            tmp_path,
+            {
+                "worker": {
+                    "replicas": 1,
+                    "command": [
+                        sys.executable,
+                        "-c",
+                        "import json, os, pathlib; c = json.loads(os.environ['TF_CONFIG']); "
+                        "pathlib.Path(os.environ['DISTTRAIN_OUTPUT_DIR'], 'tf_config.json').write_text(json.dumps(c))",
+                    ],
+                }
+            },
+        ),
+    )
+    assert code == 0
+    config = json.loads((tmp_path / "out" / "tf_config.json").read_text())
+    assert config["task"] == {"type": "worker", "index": 0}
+    (address,) = config["cluster"]["worker"]
+    assert address.startswith("127.0.0.1:") and int(address.split(":")[1]) > 0
+
+
+def test_never_policy_fails_the_job_with_the_reason(tmp_path: Path) -> None:
+    job = write_job(tmp_path, {**PS_JOB, "worker": {"replicas": 2, "restartPolicy": "Never"}})
+    code, output = run(tmp_path, job, {"worker-1": {"exit": 3}})
+    assert code == 1
+    assert "reason:      PodFailed: worker-1 exited with code 3" in output
+    assert not [pid for pid in pids_of(tmp_path / "out") if alive(pid)]
+
+
+def test_on_failure_restarts_until_the_backoff_limit(tmp_path: Path) -> None:
+    job = write_job(
+        tmp_path, {**PS_JOB, "worker": {"replicas": 2, "restartPolicy": "OnFailure"}}, runPolicy={"backoffLimit": 2}
+    )
+    code, output = run(tmp_path, job, {"worker-1": {"exit": 3}, "chief-0": {"slow": 30}})
+    assert code == 1
+    assert "BackoffLimitExceeded: 3 restarts exceed backoffLimit 2" in output
+    # three restarts happened; the fourth process may be stopped before it records its attempt
+    assert int((tmp_path / "out" / "worker-1.attempts").read_text()) in (3, 4)
+    assert "restarting worker-1 (restartPolicy OnFailure)" in output
+
+
+def test_on_failure_recovers_from_a_transient_failure(tmp_path: Path) -> None:
+    job = write_job(tmp_path, {**PS_JOB, "worker": {"replicas": 2, "restartPolicy": "OnFailure"}})
+    code, output = run(tmp_path, job, {"worker-1": {"exit": 3, "fail_times": 1}, "chief-0": {"slow": 3}})
+    assert code == 0, output
+    assert "restarting worker-1 (restartPolicy OnFailure)" in output
+    assert "restarts: 1" in output
+
+
+def test_exit_code_policy_recreates_a_killed_replica(tmp_path: Path) -> None:
+    code, output = run(tmp_path, write_job(tmp_path, PS_JOB), {"ps-1": {"exit": 137, "fail_times": 1}})
+    assert code == 0, output
+    assert "ps-1 exited with code 137; recreating the pod (restartPolicy ExitCode)" in output
+
+
+def test_invalid_manifest_fails_before_any_process_with_the_operators_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = {"chief": {"replicas": 2}, "worker": {"replicas": 1}}
+    code, _ = run(tmp_path, write_job(tmp_path, bad))
+    assert code == 2
+    with pytest.raises(InvalidSpecError) as operator_error:
+        parse_spec("fake", {"replicaSpecs": bad})
+    assert str(operator_error.value) in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_sigint_leaves_no_process_alive(tmp_path: Path) -> None:
+    job = write_job(tmp_path, PS_JOB)
+    env = {**os.environ, "FAKE_PLAN": json.dumps({"chief-0": {"hang": True, "child": True}, "ps-0": {"hang": True}})}
+    runner = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "disttrain_operator.cli",
+            "run",
+            str(job),
+            "--output-dir",
+            str(tmp_path / "out"),
+            "--trainer",
+            FAKE_TRAINER,
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    deadline = time.monotonic() + 30
+    while len(pids_of(tmp_path / "out")) < 6 and time.monotonic() < deadline:  # 5 replicas + the chief's child
+        time.sleep(0.1)
+    pids = pids_of(tmp_path / "out")
+    assert len(pids) == 6
+    runner.send_signal(signal.SIGINT)
+    output, _ = runner.communicate(timeout=30)
+    assert runner.returncode == 128 + signal.SIGINT, output
+    assert "SIGINT: stopping every replica" in output
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+def test_progress_lines_are_parsed_and_drawn() -> None:
+    fields = parse_progress("progress step=120/600 loss=0.2310 accuracy=0.9340 examples_per_sec=812.5")
+    assert fields == {"step": "120/600", "loss": "0.2310", "accuracy": "0.9340", "examples_per_sec": "812.5"}
+    assert format_progress(fields, width=10) == "step 120/600 [##........]  20%  loss 0.2310  acc 93.40%  812 ex/s"
+    assert parse_progress("INFO something else") is None
