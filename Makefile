@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export MNIST_DIR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data/mnist),)
 
-.PHONY: help venv demo test test-unit lint control-plane cluster-up cluster-down crd crd-files bench clean
+.PHONY: help venv demo test test-unit lint control-plane cluster-up cluster-down crd crd-files api-docs bench clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -41,6 +41,9 @@ crd: venv ## Print the generated CustomResourceDefinition
 crd-files: venv ## Regenerate the CRD copies under deploy/ and charts/ from the API models
 	$(VENV)/bin/disttrain crd > deploy/crd/disttrain.io_disttrainjobs.yaml
 	$(VENV)/bin/disttrain crd > charts/disttrain/crds/disttrain.io_disttrainjobs.yaml
+
+api-docs: venv ## Regenerate docs/api.md from the API models
+	$(VENV)/bin/disttrain api-docs > docs/api.md
 
 bench: venv ## Benchmarks (JSON and PNG under bench/results/)
 	$(PY) bench/trainer.py

@@ -95,3 +95,12 @@ def test_shipped_copies_equal_the_generator(repo_root: Path, relative: str) -> N
     assert shipped.exists(), f"{relative} is missing: run `make crd-files`"
     assert shipped.read_text() == crd_yaml(), f"{relative} is stale: run `make crd-files`"
     assert yaml.safe_load(shipped.read_text()) == build_crd()
+
+
+def test_api_reference_is_current(repo_root: Path) -> None:
+    from disttrain_operator.apidoc import api_reference
+
+    reference = api_reference()
+    assert "| `spec.runPolicy.cleanPodPolicy` | `Running` \\| `All` \\| `None` | `Running` |" in reference
+    assert "`spec.replicaSpecs.<role>.gpus`" in reference and ".replicaSpecs.ps.gpus" not in reference
+    assert (repo_root / "docs" / "api.md").read_text() == reference, "docs/api.md is stale: run `make api-docs`"

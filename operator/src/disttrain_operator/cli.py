@@ -31,6 +31,7 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     commands.add_parser("crd", help="print the generated CustomResourceDefinition YAML")
+    commands.add_parser("api-docs", help="print the Markdown API reference generated from the models")
 
     run = commands.add_parser("run", help="run a DistTrainJob manifest as local processes")
     run.add_argument("manifest", type=Path, help="the DistTrainJob YAML, as you would kubectl apply it")
@@ -52,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         from .crd import crd_yaml
 
         sys.stdout.write(crd_yaml())
+        return 0
+    if args.command == "api-docs":
+        from .apidoc import api_reference
+
+        sys.stdout.write(api_reference())
         return 0
     if args.command == "run":
         from .local import run_manifest
