@@ -1,0 +1,250 @@
+"""Service and Pod objects for a validated job, and what a pod tells us back (pure functions).
+
+The user's `template` is deep-merged *under* the operator's settings: names, labels the operator
+selects on, the owner reference, hostname/subdomain, TF_CONFIG, the TensorFlow port and the restart
+policy are always the operator's; everything else (node selectors, sidecars, volumes, security
+contexts) is the user's to set. Secure defaults fill only what the template leaves unset.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from .api import API_VERSION, KIND, DistTrainJobSpec, ReplicaSpec, ReplicaType
+from .lifecycle import ReplicaObservation
+from .tfconfig import cluster_spec, pod_name, service_address_of, tf_config_json
+
+LABEL_JOB = "disttrain.io/job-name"
+LABEL_ROLE = "disttrain.io/replica-type"
+LABEL_INDEX = "disttrain.io/replica-index"
+ANNOTATION_TF_CONFIG = "disttrain.io/tf-config"
+MANAGED_BY = "disttrain-operator"
+
+TRAINER_CONTAINER = "tensorflow"
+PORT_NAME = "tf-port"
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+STORAGE_VOLUME = "disttrain-storage"
+OUTPUT_DIR_ENV = "DISTTRAIN_OUTPUT_DIR"
+
+# restartPolicy of the pod for each replica restartPolicy: ExitCode restarts by recreating the pod.
+POD_RESTART_POLICY = {"Never": "Never", "ExitCode": "Never", "OnFailure": "OnFailure", "Always": "Always"}
+# Container termination reasons that say nothing beyond the exit code.
+UNINFORMATIVE_REASONS = {"Error", "Completed"}
+
+Obj = dict[str, Any]
+
+
+def job_labels(job_name: str) -> dict[str, str]:
+    """Labels on every child of a job; the Service selects pods by the first."""
+    return {
+        LABEL_JOB: job_name,
+        "app.kubernetes.io/name": "disttrain",
+        "app.kubernetes.io/instance": job_name,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def replica_labels(job_name: str, role: ReplicaType, index: int) -> dict[str, str]:
+    """Labels of one replica's pod: the job's plus role and index."""
+    return {
+        **job_labels(job_name),
+        LABEL_ROLE: role.value,
+        LABEL_INDEX: str(index),
+        "app.kubernetes.io/component": role.value,
+    }
+
+
+def owner_reference(job_name: str, uid: str) -> Obj:
+    """The controller ownerReference that makes a child garbage-collected with its job."""
+    return {
+        "apiVersion": API_VERSION,
+        "kind": KIND,
+        "name": job_name,
+        "uid": uid,
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _metadata(name: str, namespace: str, labels: dict[str, str], job_name: str, uid: str) -> Obj:
+    return {
+        "name": name,
+        "namespace": namespace,
+        "labels": labels,
+        "ownerReferences": [owner_reference(job_name, uid)],
+    }
+
+
+def build_service(job_name: str, namespace: str, uid: str, spec: DistTrainJobSpec) -> Obj:
+    """The job's one headless Service: `<pod>.<job>.<ns>.svc` resolves for every pod, ready or not."""
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(job_name, namespace, job_labels(job_name), job_name, uid),
+        "spec": {
+            "clusterIP": "None",
+            "publishNotReadyAddresses": True,
+            "selector": {LABEL_JOB: job_name},
+            "ports": [{"name": PORT_NAME, "port": spec.port, "targetPort": spec.port, "protocol": "TCP"}],
+        },
+    }
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """`override` merged onto a copy of `base`: dicts merge key by key, anything else is replaced."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for key, value in override.items():
+            merged[key] = deep_merge(base[key], value) if key in base else copy.deepcopy(value)
+        return merged
+    return copy.deepcopy(override)
+
+
+def merge_named(items: list[Obj], updates: list[Obj], key: str = "name") -> list[Obj]:
+    """A list of named items (env, ports, volumes) with `updates` replacing same-named ones in place."""
+    merged = [copy.deepcopy(item) for item in items]
+    positions = {item.get(key): position for position, item in enumerate(merged)}
+    for update in updates:
+        if update.get(key) in positions:
+            merged[positions[update[key]]] = copy.deepcopy(update)
+        else:
+            positions[update.get(key)] = len(merged)
+            merged.append(copy.deepcopy(update))
+    return merged
+
+
+def trainer_container_index(containers: list[Obj]) -> int:
+    """Which container runs TensorFlow: the one named `tensorflow`, else the first."""
+    return next((i for i, c in enumerate(containers) if c.get("name") == TRAINER_CONTAINER), 0)
+
+
+def output_dir(spec: DistTrainJobSpec, job_name: str) -> str | None:
+    """Where the trainer writes (DISTTRAIN_OUTPUT_DIR), when the job has shared storage."""
+    return f"{spec.storage.mount_path.rstrip('/')}/{job_name}" if spec.storage else None
+
+
+def _secure_defaults(pod_spec: Obj) -> None:
+    """Restricted-profile settings wherever the template left them unset."""
+    pod_security = pod_spec.setdefault("securityContext", {})
+    pod_security.setdefault("runAsNonRoot", True)
+    pod_security.setdefault("seccompProfile", {"type": "RuntimeDefault"})
+    for container in pod_spec.get("initContainers", []) + pod_spec["containers"]:
+        security = container.setdefault("securityContext", {})
+        security.setdefault("allowPrivilegeEscalation", False)
+        security.setdefault("capabilities", {}).setdefault("drop", ["ALL"])
+
+
+def _trainer_container(base: Obj, job_name: str, spec: DistTrainJobSpec, replica: ReplicaSpec, tf_config: str) -> Obj:
+    """The TensorFlow container: the template's, with the operator's image, args, env, port, resources."""
+    container = copy.deepcopy(base)
+    container.setdefault("name", TRAINER_CONTAINER)
+    container["image"] = replica.image or spec.image
+    if replica.command is not None:
+        container["command"] = list(replica.command)
+    args = replica.args if replica.args is not None else spec.args
+    if args:
+        container["args"] = list(args)
+    env = [var.to_wire() for var in [*spec.env, *replica.env]]
+    env.append({"name": "TF_CONFIG", "value": tf_config})
+    out = output_dir(spec, job_name)
+    if out:
+        env.append({"name": OUTPUT_DIR_ENV, "value": out})
+    container["env"] = merge_named(container.get("env", []), env)
+    port = {"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}
+    container["ports"] = merge_named([p for p in container.get("ports", []) if p.get("name") != PORT_NAME], [port])
+    resources = container.get("resources", {})
+    if replica.resources:
+        resources = deep_merge(resources, replica.resources.to_wire())
+    if replica.gpus:
+        resources = deep_merge(resources, {"limits": {GPU_RESOURCE: str(replica.gpus)}})
+    if resources:
+        container["resources"] = {kind: {k: str(v) for k, v in amounts.items()} for kind, amounts in resources.items()}
+    if spec.storage:
+        mount = {"name": STORAGE_VOLUME, "mountPath": spec.storage.mount_path}
+        container["volumeMounts"] = merge_named(container.get("volumeMounts", []), [mount])
+    return container
+
+
+def build_pod(job_name: str, namespace: str, uid: str, spec: DistTrainJobSpec, role: ReplicaType, index: int) -> Obj:
+    """The pod of replica `<role>-<index>`, named `<job>-<role>-<index>`, with its TF_CONFIG."""
+    role = ReplicaType(role)
+    replica: ReplicaSpec = getattr(spec.replica_specs, role.value)
+    if replica is None:
+        raise ValueError(f"the job has no {role.value} replicas")
+    template = copy.deepcopy(replica.template or {})
+    config = tf_config_json(cluster_spec(spec, service_address_of(job_name, namespace, spec.port)), role, index)
+    name = pod_name(job_name, role, index)
+
+    user_meta = template.get("metadata") or {}
+    metadata = _metadata(
+        name, namespace, {**user_meta.get("labels", {}), **replica_labels(job_name, role, index)}, job_name, uid
+    )
+    metadata["annotations"] = {**user_meta.get("annotations", {}), ANNOTATION_TF_CONFIG: config}
+
+    pod_spec: Obj = template.get("spec") or {}
+    containers = pod_spec.get("containers") or [{"name": TRAINER_CONTAINER}]
+    position = trainer_container_index(containers)
+    containers[position] = _trainer_container(containers[position], job_name, spec, replica, config)
+    pod_spec["containers"] = containers
+    pod_spec.update(hostname=name, subdomain=job_name, restartPolicy=POD_RESTART_POLICY[replica.restart_policy])
+    if replica.gpus and not any(t.get("key") == GPU_RESOURCE for t in pod_spec.get("tolerations", [])):
+        pod_spec["tolerations"] = [*pod_spec.get("tolerations", []), dict(GPU_TOLERATION)]
+    if spec.storage:
+        volume = {"name": STORAGE_VOLUME, "persistentVolumeClaim": {"claimName": spec.storage.claim_name}}
+        pod_spec["volumes"] = merge_named(pod_spec.get("volumes", []), [volume])
+    _secure_defaults(pod_spec)
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
+
+
+# ---------------------------------------------------------------- observing pods
+
+
+def pod_replica(pod: Obj) -> tuple[ReplicaType, int] | None:
+    """The (role, index) a pod's labels name, or None for a pod that is not a valid replica."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    try:
+        return ReplicaType(labels[LABEL_ROLE]), int(labels[LABEL_INDEX])
+    except (KeyError, ValueError):
+        return None
+
+
+def controller_uid(obj: Obj) -> str | None:
+    """The UID of the object's controlling owner, if any."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
+
+
+def _trainer_status(pod: Obj) -> Obj:
+    containers = (pod.get("spec") or {}).get("containers") or []
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    if not containers:
+        return statuses[0] if statuses else {}
+    name = containers[trainer_container_index(containers)].get("name")
+    return next((s for s in statuses if s.get("name") == name), {})
+
+
+def observe_pod(pod: Obj) -> ReplicaObservation:
+    """What lifecycle needs of a replica's pod: phase, readiness, exit code, restarts, reason, deletion."""
+    replica = pod_replica(pod)
+    if replica is None:
+        raise ValueError(f"pod {pod.get('metadata', {}).get('name')!r} lacks valid {LABEL_ROLE}/{LABEL_INDEX} labels")
+    metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    trainer = _trainer_status(pod)
+    terminated = (trainer.get("state") or {}).get("terminated") or (trainer.get("lastState") or {}).get("terminated")
+    terminated = terminated or {}
+    reason = status.get("reason") or terminated.get("reason")
+    return ReplicaObservation(
+        role=replica[0],
+        index=replica[1],
+        phase=phase if phase in ("Pending", "Running", "Succeeded", "Failed") else "Unknown",
+        uid=metadata.get("uid", ""),
+        ready=ready,
+        exit_code=terminated.get("exitCode"),
+        restarts=int(trainer.get("restartCount") or 0),
+        reason=None if reason in UNINFORMATIVE_REASONS else reason,
+        deleting=metadata.get("deletionTimestamp") is not None,
+    )

@@ -1,0 +1,280 @@
+"""Thin Kopf handlers for DistTrainJob: read the world, ask `lifecycle` and `builders`, act.
+
+Every path (job created/updated/resumed, any event on one of its pods, a wake-up) ends in
+`reconcile_job`, which is level-triggered: it reads the job as stored now and all of its pods from an
+in-memory index (no API list per event), asks `lifecycle.reconcile` for a Plan and applies it.
+Deadlines and TTLs are enforced by an operator-wide wake-up loop, not by waiting for the next event. A per-job
+lock serializes reconciles and a "queued" mark coalesces bursts of pod events into one pass.
+
+Order of effects: the status is patched *before* pods are deleted or created, so a counted restart is
+recorded before its pod disappears; every step is idempotent, so a crash between steps is repaired by
+the next pass (or by `on.resume` after an operator restart).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import kopf
+
+from .api import GROUP, PLURAL, VERSION, DistTrainJobSpec, DistTrainJobStatus, InvalidSpecError, parse_spec
+from .builders import LABEL_JOB, LABEL_ROLE, build_pod, build_service, controller_uid, observe_pod, pod_replica
+from .kube import ForeignObjectError, Kube, RejectedObjectError, make_api_client
+from .lifecycle import Plan, ReplicaObservation, fail_invalid_spec, reconcile
+from .tfconfig import pod_name
+
+JOB_RESOURCE = (GROUP, VERSION, PLURAL)
+POD_RESOURCE = ("", "v1", "pods")
+PREFIX = "disttrain.io"
+RESYNC_SECONDS = 60.0  # look at every unfinished job at least this often, whatever happens
+RETRY_SECONDS = 5.0  # look again this soon after a failed reconcile
+TICK_SECONDS = 0.5
+
+logger = logging.getLogger(__name__)
+JobKey = tuple[str, str]  # (namespace, name)
+Obj = dict[str, Any]
+
+
+@dataclass
+class OperatorState:
+    """Per-operator memory: the API client, per-job locks, coalescing marks and wake-up times."""
+
+    kube: Kube
+    locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
+    queued: set[JobKey] = field(default_factory=set)
+    due: dict[JobKey, float] = field(default_factory=dict)  # loop.time() of the next look
+    index: kopf.Index | None = None  # the pods index, as last handed to a handler
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def lock(self, key: JobKey) -> asyncio.Lock:
+        return self.locks.setdefault(key, asyncio.Lock())
+
+    def forget(self, key: JobKey) -> None:
+        self.locks.pop(key, None)
+        self.due.pop(key, None)
+
+
+# ---------------------------------------------------------------- operator activities
+
+
+@kopf.on.login(id="login")
+def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
+    """In-cluster service account, else $KUBECONFIG as set now (not when `kubernetes` was imported)."""
+    return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+
+
+@kopf.on.startup(id="configure")
+async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    """Storage prefixes, posting, timeouts, server-side pod filtering, and our own API client."""
+    settings.persistence.finalizer = f"{PREFIX}/finalizer"
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=PREFIX)
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix=PREFIX, key="last-handled-configuration"
+    )
+    settings.posting.level = logging.WARNING
+    settings.networking.request_timeout = 60.0
+    settings.networking.connect_timeout = 10.0
+    settings.watching.server_timeout = 300  # an int: the API server rejects "300.0"
+    settings.watching.label_selectors[POD_RESOURCE] = LABEL_JOB  # watch only pods of some job
+    state = OperatorState(kube=Kube(make_api_client(), request_timeout=30.0))
+    state.tasks.add(asyncio.create_task(wake_up_loop(state), name="disttrain-wake-up"))
+    memo.state = state
+
+
+@kopf.on.cleanup(id="close")
+async def close(memo: kopf.Memo, **_: Any) -> None:
+    """Stops the wake-up loop and closes our API client's connection pool."""
+    state: OperatorState | None = memo.get("state")
+    if state is None:
+        return
+    for task in state.tasks:
+        task.cancel()
+    await asyncio.gather(*state.tasks, return_exceptions=True)
+    state.kube.api_client.close()
+
+
+# ---------------------------------------------------------------- pods: index and events
+
+
+@kopf.index(*POD_RESOURCE, labels={LABEL_JOB: kopf.PRESENT}, id="job_pods")
+def job_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[JobKey, Any] | None:
+    """Pods by (namespace, job name): (controlling owner's UID, what lifecycle needs of the pod)."""
+    if pod_replica(body) is None:
+        return None
+    return {(namespace, labels[LABEL_JOB]): (controller_uid(body), observe_pod(body))}
+
+
+@kopf.on.event(*POD_RESOURCE, labels={LABEL_JOB: kopf.PRESENT}, id="pod-event")
+async def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, job_pods: kopf.Index, **_: Any) -> None:
+    """Any change of a job's pod: reconcile the job (coalesced with other pending changes)."""
+    memo.state.index = job_pods
+    await reconcile_soon(memo.state, (namespace, labels[LABEL_JOB]))
+
+
+async def reconcile_soon(state: OperatorState, key: JobKey) -> None:
+    """Reconciles unless a pass for this job is already waiting (it will see the latest state anyway).
+
+    Failures are logged and retried by the wake-up loop: events and wake-ups are not retried by Kopf.
+    """
+    if key in state.queued or state.index is None:
+        return
+    state.queued.add(key)
+    try:
+        await reconcile_job(state, key, state.index)
+    except InvalidSpecError:
+        pass  # the job is Failed/InvalidSpec; nothing more to do
+    except Exception:
+        logger.exception("reconciling %s/%s failed; retrying in %ss", *key, RETRY_SECONDS)
+        state.due[key] = asyncio.get_running_loop().time() + RETRY_SECONDS
+
+
+async def wake_up_loop(state: OperatorState) -> None:
+    """Deadlines, TTLs, retries and periodic resyncs: reconciles each job when its wake-up time comes.
+
+    One operator-wide loop rather than a Kopf timer per job: timers put a finalizer on every job (a job
+    could not be deleted while the operator is down), and a timer that deletes its own job (TTL) waits
+    for itself to stop.
+    """
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(TICK_SECONDS)
+        now = loop.time()
+        for key, due in list(state.due.items()):
+            if due <= now and key not in state.queued:
+                state.due.pop(key, None)
+                task = asyncio.create_task(reconcile_soon(state, key))
+                state.tasks.add(task)
+                task.add_done_callback(state.tasks.discard)
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@kopf.on.resume(*JOB_RESOURCE, id="job")
+@kopf.on.create(*JOB_RESOURCE, id="job")
+@kopf.on.update(*JOB_RESOURCE, field="spec", id="job")
+async def job_changed(namespace: str, name: str, memo: kopf.Memo, job_pods: kopf.Index, **_: Any) -> None:
+    """Job created, its spec changed, or the operator (re)started: ensure the Service, then reconcile."""
+    state: OperatorState = memo.state
+    state.index = job_pods
+    state.queued.add((namespace, name))
+    try:
+        await reconcile_job(state, (namespace, name), job_pods, ensure_service=True)
+    except InvalidSpecError as error:
+        raise kopf.PermanentError(f"invalid spec: {error}") from error
+
+
+# ---------------------------------------------------------------- the one reconcile
+
+
+def observed_pods(job_pods: kopf.Index, key: JobKey, uid: str) -> list[ReplicaObservation]:
+    """The job's pods from the index: only those this very job (by UID) controls."""
+    entries: Iterable[tuple[str | None, ReplicaObservation]] = job_pods.get(key, [])
+    return [observation for owner, observation in entries if owner == uid]
+
+
+def status_patch(stored: Obj, new: DistTrainJobStatus) -> Obj | None:
+    """The merge patch from the stored status to `new` (nulls remove fields), or None when equal."""
+    wire = new.model_dump(by_alias=True, mode="json")
+    if wire == DistTrainJobStatus.model_validate(stored).model_dump(by_alias=True, mode="json"):
+        return None
+    for role in set(stored.get("replicaStatuses") or {}) - set(wire["replicaStatuses"]):
+        wire["replicaStatuses"][role] = None
+    return wire
+
+
+async def reconcile_job(state: OperatorState, key: JobKey, job_pods: kopf.Index, ensure_service: bool = False) -> None:
+    """Reads the job and its pods, plans with `lifecycle`, applies the plan.
+
+    A spec that cannot run (pydantic says so, or the API server refuses a pod built from it) turns the
+    job Failed/InvalidSpec and re-raises InvalidSpecError, so that job handlers stop retrying.
+    """
+    namespace, name = key
+    async with state.lock(key):
+        state.queued.discard(key)
+        job = await state.kube.get_job(namespace, name)
+        if job is None or job["metadata"].get("deletionTimestamp"):
+            state.forget(key)
+            return
+        uid = job["metadata"]["uid"]
+        stored = job.get("status") or {}
+        now = datetime.now(UTC)
+        try:
+            spec = parse_spec(name, job.get("spec") or {})
+            previous = DistTrainJobStatus.model_validate(stored)
+            if ensure_service and not previous.finished:
+                await create_children(state, job, [build_service(name, namespace, uid, spec)])
+            plan = reconcile(spec, observed_pods(job_pods, key, uid), previous, now, job["metadata"].get("generation"))
+            stored = await apply_plan(state, job, spec, plan, stored)
+        except InvalidSpecError as error:
+            failed = fail_invalid_spec(DistTrainJobStatus.model_validate(stored), str(error), now)
+            await apply_plan(state, job, None, failed, stored)
+            state.due.pop(key, None)
+            raise
+        logger.debug(
+            "reconciled %s/%s: %s, create %s, delete %s, requeue %s, delete job %s", namespace, name,
+            plan.status.state, plan.create, plan.delete, plan.requeue_after, plan.delete_job,
+        )
+        wait = plan.requeue_after
+        if not plan.status.finished:
+            wait = min(wait if wait is not None else RESYNC_SECONDS, RESYNC_SECONDS)
+        if wait is None or plan.delete_job:
+            state.due.pop(key, None)
+        else:
+            state.due[key] = asyncio.get_running_loop().time() + max(wait, 0.0)
+
+
+async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -> None:
+    """Creates (or adopts) children concurrently. A name taken by a stranger is reported as an event;
+    an object the API server refuses makes the spec invalid."""
+    uid = job["metadata"]["uid"]
+    results = await asyncio.gather(*(state.kube.create_or_adopt(c, uid) for c in children), return_exceptions=True)
+    for child, result in zip(children, results, strict=True):
+        if isinstance(result, ForeignObjectError):
+            await state.kube.post_event(job, "Warning", "NameTaken", str(result))
+        elif isinstance(result, RejectedObjectError):
+            role = child["metadata"].get("labels", {}).get(LABEL_ROLE)
+            where = f"spec.replicaSpecs.{role}" if role else "spec"
+            raise InvalidSpecError(f"{where}: the API server rejected {result}") from result
+        elif isinstance(result, BaseException):
+            raise result
+
+
+async def apply_plan(state: OperatorState, job: Obj, spec: DistTrainJobSpec | None, plan: Plan, stored: Obj) -> Obj:
+    """Status first (so restarts are never lost), events, pod deletions and creations, TTL deletion.
+
+    Returns the job's status as now stored.
+    """
+    meta = job["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
+    patch = status_patch(stored, plan.status)
+    if patch is not None:
+        await state.kube.patch_job_status(namespace, name, patch)
+        stored = plan.status.model_dump(by_alias=True, mode="json")
+    for event in plan.events:
+        await state.kube.post_event(job, event.type, event.reason, event.message)
+    for role, index in plan.delete:
+        await state.kube.delete_pod(namespace, pod_name(name, role, index))
+    if spec is not None and plan.create:
+        await create_children(state, job, [build_pod(name, namespace, uid, spec, role, i) for role, i in plan.create])
+    if plan.delete_job:
+        await state.kube.delete_job(namespace, name)
+    return stored
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def run_operator(namespaces: list[str] | None, liveness: str | None, standalone: bool = True) -> None:
+    """Runs the operator until stopped: cluster-wide when `namespaces` is None, else in those namespaces."""
+    kopf.run(
+        clusterwide=namespaces is None,
+        namespaces=namespaces or (),
+        liveness_endpoint=liveness,
+        standalone=standalone,
+    )

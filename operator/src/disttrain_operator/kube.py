@@ -1,0 +1,181 @@
+"""The few Kubernetes API calls the operator makes, each idempotent.
+
+Blocking `kubernetes` client calls run in worker threads so that Kopf's event loop never waits on them.
+Create-or-adopt treats `409 AlreadyExists` as success when the existing object is controlled by the
+same job (a retried or restarted operator), and as a clear error when it belongs to someone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import kubernetes
+from kubernetes.client import ApiClient, ApiException, Configuration, CoreV1Api, CustomObjectsApi
+
+from .api import GROUP, PLURAL, VERSION
+from .builders import controller_uid
+
+Obj = dict[str, Any]
+logger = logging.getLogger(__name__)
+COMPONENT = "disttrain-operator"
+
+
+class ForeignObjectError(RuntimeError):
+    """A child's deterministic name is taken by an object this job does not control."""
+
+
+class RejectedObjectError(ValueError):
+    """The API server refused a child as invalid (400/422), e.g. a bad field in the user's pod template."""
+
+
+def error_message(error: ApiException) -> str:
+    """The API server's own message (a Status object's `message`), else the raw body."""
+    try:
+        return str(json.loads(error.body)["message"])
+    except (TypeError, ValueError, KeyError):
+        return str(error.body or error.reason)
+
+
+def make_api_client() -> ApiClient:
+    """An API client from the in-cluster service account, else from $KUBECONFIG (read now, not at import)."""
+    configuration = Configuration()
+    try:
+        kubernetes.config.load_incluster_config(client_configuration=configuration)
+    except kubernetes.config.ConfigException:
+        kubernetes.config.load_kube_config(
+            config_file=os.environ.get("KUBECONFIG") or None, client_configuration=configuration
+        )
+    return ApiClient(configuration)
+
+
+class Kube:
+    """Idempotent calls on pods, services, jobs and their status."""
+
+    def __init__(self, api_client: ApiClient, request_timeout: float = 30.0) -> None:
+        self.api_client = api_client
+        self.core = CoreV1Api(api_client)
+        self.custom = CustomObjectsApi(api_client)
+        self.timeout = request_timeout
+
+    def _as_dict(self, obj: Any) -> Obj:
+        return obj if isinstance(obj, dict) else self.api_client.sanitize_for_serialization(obj)
+
+    async def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.to_thread(method, *args, _request_timeout=self.timeout, **kwargs)
+
+    async def create_or_adopt(self, obj: Obj, owner_uid: str) -> bool:
+        """Creates a Pod or Service; True if created, False if ours already (or its namespace is terminating).
+
+        Raises ForeignObjectError when the name is taken by another owner's object, RejectedObjectError
+        when the API server finds the object invalid.
+        """
+        kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
+        create, read = {
+            "Pod": (self.core.create_namespaced_pod, self.core.read_namespaced_pod),
+            "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
+        }[kind]
+        try:
+            await self._call(create, namespace, obj)
+            return True
+        except ApiException as error:
+            if error.status in (400, 422):
+                raise RejectedObjectError(f"{kind} {name}: {error_message(error)}") from None
+            if error.status == 403 and "being terminated" in str(error.body):
+                return False  # the namespace, and the job with it, is going away
+            if error.status != 409:
+                raise
+        existing = self._as_dict(await self._call(read, name, namespace))
+        if controller_uid(existing) != owner_uid:
+            raise ForeignObjectError(
+                f"{kind} {namespace}/{name} already exists and is not controlled by this job; "
+                f"delete or rename it so the job can create its own"
+            )
+        return False
+
+    async def delete_pod(self, namespace: str, name: str) -> bool:
+        """Deletes a pod; False if it was already gone."""
+        try:
+            await self._call(self.core.delete_namespaced_pod, name, namespace)
+            return True
+        except ApiException as error:
+            if error.status == 404:
+                return False
+            raise
+
+    async def get_job(self, namespace: str, name: str) -> Obj | None:
+        """The DistTrainJob as stored now, or None when it is gone."""
+        try:
+            return await self._call(self.custom.get_namespaced_custom_object, GROUP, VERSION, namespace, PLURAL, name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def patch_job_status(self, namespace: str, name: str, status: Obj) -> None:
+        """Merge-patches the job's /status subresource (null values remove fields); a vanished job is fine."""
+        try:
+            await self._call(
+                self.custom.patch_namespaced_custom_object_status,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                {"status": status},
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def delete_job(self, namespace: str, name: str) -> None:
+        """Deletes the job; its children follow by garbage collection (owner references)."""
+        try:
+            await self._call(
+                self.custom.delete_namespaced_custom_object,
+                GROUP,
+                VERSION,
+                namespace,
+                PLURAL,
+                name,
+                propagation_policy="Background",
+            )
+        except ApiException as error:
+            if error.status != 404:
+                raise
+
+    async def post_event(self, obj: Obj, type_: str, reason: str, message: str) -> None:
+        """Posts a core/v1 Event about `obj` (best effort: a lost event is logged, never fatal)."""
+        meta = obj["metadata"]
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"name": f"{meta['name']}.{uuid.uuid4().hex[:16]}", "namespace": meta["namespace"]},
+            "involvedObject": {
+                "apiVersion": obj["apiVersion"],
+                "kind": obj["kind"],
+                "name": meta["name"],
+                "namespace": meta["namespace"],
+                "uid": meta["uid"],
+                "resourceVersion": meta.get("resourceVersion"),
+            },
+            "type": type_,
+            "reason": reason,
+            "message": message[:1024],
+            "source": {"component": COMPONENT},
+            "reportingComponent": COMPONENT,
+            "reportingInstance": os.environ.get("HOSTNAME", COMPONENT),
+            "firstTimestamp": now,
+            "lastTimestamp": now,
+            "count": 1,
+        }
+        try:
+            await self._call(self.core.create_namespaced_event, meta["namespace"], event)
+        except ApiException as error:
+            logger.warning("could not post event %s on %s/%s: %s", reason, meta["namespace"], meta["name"], error)

@@ -1,0 +1,365 @@
+"""The operator against the real control plane: kube-apiserver, controllers, scheduler, kwok nodes.
+
+The operator runs in this process (Kopf in a thread via KopfRunner, watching all namespaces); each
+test works in its own namespace and drives pods to Succeeded/Failed with kwok annotations.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from datetime import datetime
+from typing import Any
+
+import pytest
+from controlplane import ANNOTATION_COMPLETE, ANNOTATION_FAIL_EXIT_CODE, CPU_NODES, GPU_NODES, wait_for
+from kopf.testing import KopfRunner
+from kubernetes import client
+
+from disttrain_operator.api import GROUP, PLURAL, VERSION
+from disttrain_operator.builders import ANNOTATION_TF_CONFIG, LABEL_JOB
+from disttrain_operator.crd import build_crd
+from disttrain_operator.kube import Kube
+
+pytestmark = pytest.mark.cluster
+
+MERGE_PATCH = "application/merge-patch+json"
+TIMEOUT = 40.0
+IMAGE = "registry.invalid/disttrain/trainer:test"
+Obj = dict[str, Any]
+
+
+class Operator:
+    """The operator in a background thread of this process; stoppable and restartable."""
+
+    ARGS = ["run", "--all-namespaces", "--standalone", "-m", "disttrain_operator.handlers"]
+
+    def __init__(self) -> None:
+        self.runner: KopfRunner | None = None
+
+    def start(self) -> None:
+        self.runner = KopfRunner(self.ARGS, timeout=60)
+        self.runner.__enter__()
+
+    def stop(self) -> None:
+        runner, self.runner = self.runner, None
+        if runner is not None:
+            runner.__exit__(None, None, None)
+            assert runner.exit_code == 0, runner.output
+
+
+class Cluster:
+    """Small typed helpers over the API for one test namespace."""
+
+    def __init__(self, api_client: client.ApiClient, namespace: str) -> None:
+        self.api_client = api_client
+        self.ns = namespace
+        self.core = client.CoreV1Api(api_client)
+        self.custom = client.CustomObjectsApi(api_client)
+
+    def create_job(self, name: str, replica_specs: Obj, **spec: Any) -> Obj:
+        body = {
+            "apiVersion": f"{GROUP}/{VERSION}",
+            "kind": "DistTrainJob",
+            "metadata": {"name": name},
+            "spec": {"image": IMAGE, "replicaSpecs": replica_specs, **spec},
+        }
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+
+    def job(self, name: str) -> Obj | None:
+        try:
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, name)
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    def patch_job_spec(self, name: str, spec: Obj) -> None:
+        self.custom.patch_namespaced_custom_object(
+            GROUP, VERSION, self.ns, PLURAL, name, {"spec": spec}, _content_type=MERGE_PATCH
+        )
+
+    def condition(self, name: str, kind: str) -> Obj | None:
+        job = self.job(name) or {}
+        return next((c for c in (job.get("status") or {}).get("conditions", []) if c["type"] == kind), None)
+
+    def wait_condition(self, name: str, kind: str, reason: str | None = None, timeout: float = TIMEOUT) -> Obj:
+        def holds() -> Obj | None:
+            found = self.condition(name, kind)
+            ok = found and found["status"] == "True" and (reason is None or found["reason"] == reason)
+            return found if ok else None
+
+        return wait_for(holds, timeout=timeout, what=f"{kind}/{reason} on {self.ns}/{name}")
+
+    def pods(self, job: str) -> dict[str, Obj]:
+        listed = self.core.list_namespaced_pod(self.ns, label_selector=f"{LABEL_JOB}={job}")
+        items = self.api_client.sanitize_for_serialization(listed)["items"]
+        return {pod["metadata"]["name"]: pod for pod in items}
+
+    def live_pods(self, job: str) -> dict[str, Obj]:
+        return {n: p for n, p in self.pods(job).items() if not p["metadata"].get("deletionTimestamp")}
+
+    def wait_pods(self, job: str, names: set[str], phase: str | None = None, timeout: float = TIMEOUT) -> dict:
+        def ready() -> tuple[dict[str, Obj]] | None:
+            pods = self.live_pods(job)
+            if set(pods) != names or (phase and any(p["status"].get("phase") != phase for p in pods.values())):
+                return None
+            return (pods,)  # truthy even when no pods are expected
+
+        return wait_for(ready, timeout=timeout, what=f"pods {sorted(names)} ({phase or 'any phase'}) of {job}")[0]
+
+    def drive(self, pod: str, annotation: str, value: str) -> None:
+        """Tells kwok to complete (or fail) a pod."""
+        self.core.patch_namespaced_pod(
+            pod, self.ns, {"metadata": {"annotations": {annotation: value}}}, _content_type=MERGE_PATCH
+        )
+
+    def events(self, name: str) -> list[tuple[str, str, str]]:
+        listed = self.core.list_namespaced_event(self.ns, field_selector=f"involvedObject.name={name}")
+        return [(e.type, e.reason, e.message or "") for e in listed.items]
+
+    def wait_event(self, name: str, reason: str, contains: str = "") -> tuple[str, str, str]:
+        def found() -> tuple[str, str, str] | None:
+            return next((e for e in self.events(name) if e[1] == reason and contains in e[2]), None)
+
+        return wait_for(found, timeout=TIMEOUT, what=f"event {reason} on {name}")
+
+
+def names(job: str, **counts: int) -> set[str]:
+    return {f"{job}-{role}-{index}" for role, count in counts.items() for index in range(count)}
+
+
+# ---------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def crd(k8s_client: client.ApiClient) -> Obj:
+    """The generated CRD, installed (or replaced) and Established."""
+    ext = client.ApiextensionsV1Api(k8s_client)
+    body = build_crd()
+    name = body["metadata"]["name"]
+    try:
+        ext.create_custom_resource_definition(body)
+    except client.ApiException as error:
+        if error.status != 409:
+            raise
+        body["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(name).metadata.resource_version
+        ext.replace_custom_resource_definition(name, body)
+
+    def established() -> bool:
+        got = ext.read_custom_resource_definition(name)
+        return any(c.type == "Established" and c.status == "True" for c in got.status.conditions or [])
+
+    wait_for(established, timeout=30, what="DistTrainJob CRD Established")
+    return body
+
+
+@pytest.fixture(scope="module")
+def operator(crd: Obj) -> Iterator[Operator]:
+    running = Operator()
+    running.start()
+    try:
+        yield running
+    finally:
+        running.stop()
+
+
+@pytest.fixture
+def cluster(operator: Operator, k8s_client: client.ApiClient, namespace: str) -> Cluster:
+    return Cluster(k8s_client, namespace)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def test_job_runs_to_success(cluster: Cluster, control_plane: Any) -> None:
+    import tensorflow as tf
+
+    job = "ps"
+    cluster.create_job(
+        job,
+        {"chief": {"replicas": 1}, "ps": {"replicas": 1}, "worker": {"replicas": 2}, "evaluator": {"replicas": 1}},
+    )
+    expected = names(job, chief=1, ps=1, worker=2, evaluator=1)
+    pods = cluster.wait_pods(job, expected, phase="Running")
+
+    service = cluster.core.read_namespaced_service(job, cluster.ns)
+    assert service.spec.cluster_ip == "None" and service.spec.publish_not_ready_addresses is True
+    assert [(p.name, p.port) for p in service.spec.ports] == [("tf-port", 2222)]
+
+    def address(role: str, index: int) -> str:
+        return f"{job}-{role}-{index}.{job}.{cluster.ns}.svc:2222"
+
+    cluster_spec = {"chief": [address("chief", 0)], "ps": [address("ps", 0)],
+                    "worker": [address("worker", 0), address("worker", 1)]}
+    for name, pod in pods.items():
+        (trainer,) = pod["spec"]["containers"]
+        config = next(e["value"] for e in trainer["env"] if e["name"] == "TF_CONFIG")
+        assert pod["metadata"]["annotations"][ANNOTATION_TF_CONFIG] == config
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setenv("TF_CONFIG", config)
+            resolver = tf.distribute.cluster_resolver.TFConfigClusterResolver()
+            assert resolver.cluster_spec().as_dict() == cluster_spec
+            assert f"{job}-{resolver.task_type}-{resolver.task_id}" == name
+        assert pod["spec"]["hostname"] == name and pod["spec"]["subdomain"] == job
+
+    cluster.wait_condition(job, "Running", "AllReplicasRunning")
+    stored = cluster.job(job)
+    assert stored["status"]["replicaStatuses"]["worker"]["summary"] == "2/2"
+    assert stored["status"]["state"] == "Running"
+    # No finalizer: a job stays deletable while the operator is down (its children go by owner references).
+    assert not stored["metadata"].get("finalizers")
+
+    cluster.drive(f"{job}-chief-0", ANNOTATION_COMPLETE, "true")
+    control_plane.kubectl("wait", "--for=condition=Succeeded", f"dtj/{job}", "-n", cluster.ns, "--timeout=40s")
+    assert cluster.condition(job, "Succeeded")["reason"] == "JobSucceeded"
+    # cleanPodPolicy Running (the default): the parameter server and the others stop; the chief stays for logs.
+    remaining = cluster.wait_pods(job, {f"{job}-chief-0"})
+    assert remaining[f"{job}-chief-0"]["status"]["phase"] == "Succeeded"
+    assert cluster.job(job)["status"]["completionTime"]
+    cluster.wait_event(job, "Created")
+    cluster.wait_event(job, "JobSucceeded", "the chief completed")
+
+
+def test_gpu_workers_scheduled_on_gpu_nodes(cluster: Cluster) -> None:
+    job = "gpu"
+    cluster.create_job(job, {"chief": {"replicas": 1}, "worker": {"replicas": 2, "gpus": 2}})
+    pods = cluster.wait_pods(job, names(job, chief=1, worker=2), phase="Running")
+    for name, pod in pods.items():
+        if "-worker-" in name:
+            assert pod["spec"]["nodeName"] in GPU_NODES
+            assert pod["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+        else:
+            assert pod["spec"]["nodeName"] in CPU_NODES
+
+
+def test_permanent_exit_code_fails_job_and_ttl_deletes_it(cluster: Cluster) -> None:
+    job = "perm"
+    cluster.create_job(job, {"worker": {"replicas": 2}}, runPolicy={"ttlSecondsAfterFinished": 3})
+    cluster.wait_pods(job, names(job, worker=2), phase="Running")
+    cluster.drive(f"{job}-worker-1", ANNOTATION_FAIL_EXIT_CODE, "1")
+    failed = cluster.wait_condition(job, "Failed", "PodFailed")
+    assert "worker-1 exited with code 1" in failed["message"]
+    assert cluster.job(job)["status"]["state"] == "Failed"
+    assert cluster.wait_event(job, "PodFailed")[0] == "Warning"
+    wait_for(lambda: cluster.job(job) is None, timeout=TIMEOUT, what="job deleted by ttlSecondsAfterFinished")
+
+
+def test_retryable_failures_recreate_pods_until_backoff_limit(cluster: Cluster) -> None:
+    job = "retry"
+    pod = f"{job}-worker-0"
+    cluster.create_job(job, {"worker": {"replicas": 1}}, runPolicy={"backoffLimit": 1})
+    first = cluster.wait_pods(job, {pod}, phase="Running")[pod]["metadata"]["uid"]
+    cluster.drive(pod, ANNOTATION_FAIL_EXIT_CODE, "137")
+
+    def recreated() -> str | None:
+        found = cluster.live_pods(job).get(pod)
+        return found if found and found["metadata"]["uid"] != first and found["status"].get("phase") == "Running" \
+            else None
+
+    second = wait_for(recreated, timeout=TIMEOUT, what="the failed pod recreated")
+    status = cluster.job(job)["status"]
+    assert status["restarts"] == 1 and not cluster.condition(job, "Failed")
+    assert any(c["type"] == "Restarting" for c in status["conditions"])
+    cluster.wait_event(job, "PodFailed", "exited with code 137")
+
+    cluster.drive(pod, ANNOTATION_FAIL_EXIT_CODE, "137")
+    failed = cluster.wait_condition(job, "Failed", "BackoffLimitExceeded")
+    assert "backoffLimit 1" in failed["message"]
+    assert cluster.job(job)["status"]["restarts"] == 2
+    assert second["metadata"]["uid"] != first
+
+
+def test_active_deadline_fails_job_by_timer(cluster: Cluster) -> None:
+    job = "deadline"
+    deadline = 3
+    cluster.create_job(job, {"worker": {"replicas": 1}}, runPolicy={"activeDeadlineSeconds": deadline})
+    cluster.wait_pods(job, names(job, worker=1), phase="Running")
+    cluster.wait_condition(job, "Failed", "DeadlineExceeded")
+    status = cluster.job(job)["status"]
+    started, completed = (datetime.fromisoformat(status[k].replace("Z", "+00:00")) for k in ("startTime",
+                                                                                               "completionTime"))
+    # Enforced by the timer, a moment after the deadline, not at some later pod event.
+    assert deadline <= (completed - started).total_seconds() <= deadline + 4
+    cluster.wait_pods(job, set())  # the running pod is cleaned up (cleanPodPolicy Running)
+    assert cluster.wait_event(job, "DeadlineExceeded")[0] == "Warning"
+
+
+def test_suspend_deletes_pods_and_resume_recreates_them(cluster: Cluster) -> None:
+    job = "susp"
+    cluster.create_job(job, {"worker": {"replicas": 2}})
+    cluster.wait_pods(job, names(job, worker=2), phase="Running")
+    cluster.patch_job_spec(job, {"runPolicy": {"suspend": True}})
+    cluster.wait_condition(job, "Suspended", "JobSuspended")
+    cluster.wait_pods(job, set())
+    assert cluster.job(job)["status"]["state"] == "Suspended"
+
+    cluster.patch_job_spec(job, {"runPolicy": {"suspend": False}})
+    cluster.wait_pods(job, names(job, worker=2), phase="Running")
+    cluster.wait_condition(job, "Running", "AllReplicasRunning")
+    assert cluster.condition(job, "Suspended")["status"] == "False"
+    cluster.wait_event(job, "Suspended")
+    cluster.wait_event(job, "Resumed")
+
+
+def test_deleting_job_garbage_collects_children(cluster: Cluster) -> None:
+    job = "gc"
+    cluster.create_job(job, {"worker": {"replicas": 2}})
+    cluster.wait_pods(job, names(job, worker=2))
+    service = cluster.core.read_namespaced_service(job, cluster.ns)
+    assert service.metadata.owner_references[0].kind == "DistTrainJob"
+    cluster.custom.delete_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, job)
+
+    def service_gone() -> bool:
+        try:
+            cluster.core.read_namespaced_service(job, cluster.ns)
+            return False
+        except client.ApiException as error:
+            return error.status == 404
+
+    wait_for(lambda: not cluster.pods(job), timeout=TIMEOUT, what="pods garbage-collected")
+    wait_for(service_gone, timeout=TIMEOUT, what="service garbage-collected")
+
+
+def test_invalid_pod_template_fails_job_as_invalid_spec(cluster: Cluster) -> None:
+    job = "bad"
+    # The CRD preserves the template as it is; only the API server's pod validation can refuse it.
+    cluster.create_job(job, {"worker": {"replicas": 2, "template": {"spec": {"dnsPolicy": "Sometimes"}}}})
+    failed = cluster.wait_condition(job, "Failed", "InvalidSpec")
+    assert "spec.replicaSpecs.worker" in failed["message"] and "dnsPolicy" in failed["message"]
+    assert cluster.wait_event(job, "InvalidSpec")[0] == "Warning"
+    assert not cluster.live_pods(job)
+
+
+def test_operator_restarted_mid_creation_creates_exactly_the_pods(
+    cluster: Cluster, operator: Operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    job = "big"
+    replicas = 20
+    operator.stop()
+    create = Kube.create_or_adopt
+    serial: dict[str, asyncio.Lock] = {}
+
+    async def slow_create(self: Kube, obj: Obj, owner_uid: str) -> bool:
+        """Creates pods one at a time, slowly, so that the operator can be stopped half-way."""
+        async with serial.setdefault("lock", asyncio.Lock()):
+            await asyncio.sleep(0.4)
+            return await create(self, obj, owner_uid)
+
+    monkeypatch.setattr(Kube, "create_or_adopt", slow_create)
+    operator.start()
+    uid = cluster.create_job(job, {"worker": {"replicas": replicas}})["metadata"]["uid"]
+    wait_for(lambda: len(cluster.pods(job)) >= 3, timeout=TIMEOUT, what="the first pods")
+    operator.stop()
+    monkeypatch.undo()
+    partial = len(cluster.pods(job))
+    assert 3 <= partial < replicas, f"the operator was meant to stop half-way, but {partial} pods exist"
+
+    operator.start()
+    cluster.wait_condition(job, "Running", "AllReplicasRunning")
+    pods = cluster.pods(job)
+    assert set(pods) == names(job, worker=replicas)
+    assert all(p["metadata"]["ownerReferences"][0]["uid"] == uid for p in pods.values())
+    assert json.loads(pods[f"{job}-worker-7"]["metadata"]["annotations"][ANNOTATION_TF_CONFIG])["task"]["index"] == 7
+    assert cluster.job(job)["status"]["replicaStatuses"]["worker"]["summary"] == f"{replicas}/{replicas}"
