@@ -1,0 +1,5 @@
+"""`python -m disttrain_trainer` is `disttrain-trainer`."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,161 @@
+"""`disttrain-trainer`: every replica gets the same command line; its role comes from TF_CONFIG."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from .cluster import STRATEGIES, ClusterConfig, ConfigError, available_cpus, choose_strategy, parse_tf_config
+
+if TYPE_CHECKING:
+    from .data import Mnist
+    from .reporting import OutputPaths
+
+log = logging.getLogger("disttrain_trainer")
+
+DEFAULT_STEPS = 1000
+DEFAULT_BATCH = 128
+DEFAULT_LR = 0.1
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command line shared by every role (ps/worker ignore the training flags)."""
+    p = argparse.ArgumentParser(prog="disttrain-trainer", description=__doc__)
+    p.add_argument("--strategy", choices=STRATEGIES, default="auto", help="auto: from TF_CONFIG")
+    p.add_argument("--max-steps", type=int, default=None, help=f"global steps (default {DEFAULT_STEPS})")
+    p.add_argument("--epochs", type=float, default=None, help="passes over the training set (instead of steps)")
+    p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="images per replica per step")
+    p.add_argument("--learning-rate", type=float, default=DEFAULT_LR)
+    p.add_argument("--optimizer", choices=("adagrad", "sgd", "adam"), default="adagrad")
+    p.add_argument("--data-dir", default=None, help="IDX .gz files or mnist.npz (else MNIST_DIR, else download)")
+    p.add_argument("--synthetic", action="store_true", help="synthetic images (throughput runs)")
+    p.add_argument(
+        "--output-dir",
+        default=os.environ.get("DISTTRAIN_OUTPUT_DIR"),
+        help="default $DISTTRAIN_OUTPUT_DIR (set by the operator for shared storage and by local mode), "
+        "else ./disttrain-output",
+    )
+    p.add_argument("--log-dir", default=None, help="TensorBoard logs (default OUTPUT/logs)")
+    p.add_argument("--checkpoint-dir", default=None, help="default OUTPUT/checkpoints")
+    p.add_argument("--export-dir", default=None, help="default OUTPUT/model")
+    p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (0: only at end)")
+    p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
+    p.add_argument("--mixed-precision", action="store_true", help="float16 on GPU, bfloat16 on CPU")
+    p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for peers")
+    p.add_argument("--chief-grace", type=float, default=30.0, help="ps/worker: seconds the chief may be away")
+    p.add_argument("--threads", type=int, default=0, help="TensorFlow threads per process (0: CPUs available)")
+    p.add_argument("--seed", type=int, default=0)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: parse, pick the role, run it; one-line error and non-zero exit on failure."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_DFL)  # end at once, even inside TensorFlow calls
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    try:
+        config = parse_tf_config(os.environ.get("TF_CONFIG"))
+        code = run(args, config)
+    except Exception as exc:  # the contract: a clear one-line message and a non-zero exit
+        log.debug("failure", exc_info=True)
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        print(f"disttrain-trainer: error: {type(exc).__name__}: {message[:500]}", file=sys.stderr, flush=True)
+        code = 2 if isinstance(exc, ConfigError) else 1
+    from .servers import exit_now
+
+    exit_now(code)
+    return code
+
+
+def run(args: argparse.Namespace, config: ClusterConfig | None) -> int:
+    """Dispatch on the role."""
+    threads = args.threads or available_cpus()
+    role = config.task_type if config else "single"
+    if role in ("ps", "worker") and config is not None and config.count("ps") > 0:
+        from .servers import serve
+
+        choose_strategy("parameter-server", config)  # a clear error when the cluster has no chief
+        return serve(config, threads, args.chief_grace, args.startup_timeout + args.chief_grace)
+    kind = "evaluator" if role == "evaluator" else choose_strategy(args.strategy, config)
+    _configure_tensorflow(threads, args.mixed_precision)
+    from .data import load_mnist
+
+    data = load_mnist(args.data_dir, args.synthetic)
+    log.info("data: %s (%d train / %d held out)", data.source, len(data.x_train), len(data.y_held))
+    if kind == "evaluator":
+        return _evaluate_forever(args, config, data)
+    return _train(args, config, kind, data)
+
+
+def _configure_tensorflow(threads: int, mixed_precision: bool) -> None:
+    import keras
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    if mixed_precision:
+        gpus = tf.config.list_physical_devices("GPU")
+        keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "mixed_bfloat16")
+
+
+def _paths(args: argparse.Namespace) -> OutputPaths:
+    from .reporting import OutputPaths
+
+    return OutputPaths.resolve(args.output_dir, args.log_dir, args.checkpoint_dir, args.export_dir)
+
+
+def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, data: Mnist) -> int:
+    import keras
+
+    from .cluster import peers_to_wait_for, wait_for_peers
+    from .reporting import emit
+    from .servers import send_shutdown
+    from .strategies import STATIC_LOSS_SCALE, HParams
+    from .training import Budget, train
+
+    if config is not None:
+        # mirrored workers open their ports only inside the strategy: for them, names must resolve
+        waited = wait_for_peers(
+            peers_to_wait_for(config, kind), args.startup_timeout, connect=kind == "parameter-server"
+        )
+        log.info("all peers reachable after %.1fs", waited)
+    float16 = keras.mixed_precision.global_policy().name == "mixed_float16"
+    hp = HParams(
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        seed=args.seed,
+        loss_scale=STATIC_LOSS_SCALE if float16 else 1.0,
+    )
+    max_steps = args.max_steps if args.max_steps or args.epochs else DEFAULT_STEPS
+    budget = Budget(max_steps, args.epochs, max(1, args.log_every), args.checkpoint_every)
+    metrics = train(kind, config, data, hp, budget, _paths(args))
+    if kind == "parameter-server" and config is not None:
+        send_shutdown(config)
+    if metrics:
+        emit("final " + json.dumps(metrics, sort_keys=True))
+    return 0
+
+
+def _evaluate_forever(args: argparse.Namespace, config: ClusterConfig | None, data: Mnist) -> int:
+    from .evaluation import run_evaluator
+    from .servers import ChiefWatcher
+
+    paths = _paths(args)
+    chief = config.chief_address if config else None
+    watcher = ChiefWatcher(chief, args.chief_grace, args.startup_timeout + args.chief_grace) if chief else None
+
+    def finished() -> bool:
+        return paths.metrics.exists() or (watcher is not None and watcher.status() != "running")
+
+    result = run_evaluator(data, paths.checkpoints, paths.logs, finished)
+    log.info("evaluator done: %s", result)
+    return 0

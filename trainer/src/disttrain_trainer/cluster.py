@@ -1,0 +1,225 @@
+"""TF_CONFIG parsing, role and strategy selection, and the startup barrier (pure Python, no TensorFlow)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+log = logging.getLogger(__name__)
+
+TRAINING_JOBS = ("chief", "worker", "ps")
+KNOWN_JOBS = (*TRAINING_JOBS, "evaluator")
+STRATEGIES = ("auto", "parameter-server", "multi-worker-mirrored", "single")
+
+
+class ConfigError(ValueError):
+    """TF_CONFIG or the command line describe something the trainer cannot run."""
+
+
+class StartupTimeout(RuntimeError):
+    """Some peers never became reachable before the startup deadline."""
+
+
+@dataclass(frozen=True)
+class ClusterConfig:
+    """One process's view of the cluster: every job's addresses and its own task."""
+
+    cluster: dict[str, list[str]]
+    task_type: str
+    task_index: int
+    environment: str = "cloud"
+    extra: dict[str, object] = field(default_factory=dict)
+
+    @property
+    def address(self) -> str:
+        """This task's own host:port."""
+        return self.cluster[self.task_type][self.task_index]
+
+    def count(self, job: str) -> int:
+        """How many tasks `job` has."""
+        return len(self.cluster.get(job, []))
+
+    @property
+    def training_cluster(self) -> dict[str, list[str]]:
+        """The cluster spec TensorFlow's strategies see: the evaluator is not part of training."""
+        return {job: list(addrs) for job, addrs in self.cluster.items() if job in TRAINING_JOBS and addrs}
+
+    @property
+    def chief_address(self) -> str | None:
+        """The coordinating task's address: the chief, else worker 0."""
+        for job in ("chief", "worker"):
+            if self.cluster.get(job):
+                return self.cluster[job][0]
+        return None
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this task coordinates and writes outputs (chief, or worker 0 when there is no chief)."""
+        if self.task_type == "chief":
+            return True
+        return self.task_type == "worker" and self.task_index == 0 and not self.cluster.get("chief")
+
+
+def parse_tf_config(raw: str | None) -> ClusterConfig | None:
+    """Parse a TF_CONFIG JSON string; None or empty means single-process training."""
+    if raw is None or not raw.strip():
+        return None
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"TF_CONFIG is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError("TF_CONFIG must be a JSON object")
+    cluster = data.get("cluster") or {}
+    task = data.get("task") or {}
+    if not isinstance(cluster, dict) or not isinstance(task, dict):
+        raise ConfigError("TF_CONFIG 'cluster' and 'task' must be objects")
+    parsed: dict[str, list[str]] = {}
+    for job, addrs in cluster.items():
+        if job not in KNOWN_JOBS:
+            raise ConfigError(f"TF_CONFIG has unknown job {job!r}; expected one of {', '.join(KNOWN_JOBS)}")
+        if not isinstance(addrs, list) or not all(isinstance(a, str) and ":" in a for a in addrs):
+            raise ConfigError(f"TF_CONFIG job {job!r} must be a list of 'host:port' strings")
+        parsed[job] = list(addrs)
+    if not parsed:
+        if task:
+            raise ConfigError("TF_CONFIG has a task but an empty cluster")
+        return None
+    if len(parsed.get("chief", [])) > 1:
+        raise ConfigError("TF_CONFIG may list at most one chief")
+    if len(parsed.get("evaluator", [])) > 1:
+        raise ConfigError("TF_CONFIG may list at most one evaluator")
+    task_type = task.get("type")
+    task_index = task.get("index", 0)
+    if task_type not in parsed:
+        raise ConfigError(f"TF_CONFIG task type {task_type!r} is not a job of the cluster {sorted(parsed)}")
+    if not isinstance(task_index, int) or not 0 <= task_index < len(parsed[task_type]):
+        raise ConfigError(
+            f"TF_CONFIG task index {task_index!r} out of range for job {task_type!r} ({len(parsed[task_type])} tasks)"
+        )
+    return ClusterConfig(
+        cluster=parsed,
+        task_type=task_type,
+        task_index=task_index,
+        environment=str(data.get("environment", "cloud")),
+    )
+
+
+def choose_strategy(requested: str, config: ClusterConfig | None) -> str:
+    """Resolve `--strategy` (auto picks from the cluster shape) and reject impossible combinations."""
+    if requested not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {requested!r}; expected one of {', '.join(STRATEGIES)}")
+    if config is None:
+        if requested in ("auto", "single"):
+            return "single"
+        raise ConfigError(f"strategy {requested!r} needs a cluster: set TF_CONFIG")
+    has_ps = config.count("ps") > 0
+    replicas = config.count("worker") + config.count("chief")
+    if requested == "auto":
+        if has_ps:
+            requested = "parameter-server"
+        elif replicas > 1:
+            requested = "multi-worker-mirrored"
+        else:
+            requested = "single"
+    if requested == "parameter-server":
+        if not has_ps or config.count("worker") == 0 or config.count("chief") == 0:
+            raise ConfigError("parameter-server strategy needs a chief, at least one ps and one worker")
+    elif requested == "multi-worker-mirrored" and has_ps:
+        raise ConfigError("multi-worker-mirrored strategy cannot use ps tasks; use parameter-server")
+    return requested
+
+
+def peers_to_wait_for(config: ClusterConfig, strategy: str) -> list[str]:
+    """Addresses this task must reach before training: every other training task."""
+    own = config.address if config.task_type in TRAINING_JOBS else None
+    if strategy == "single":
+        return []
+    return [a for job in TRAINING_JOBS for a in config.cluster.get(job, []) if a != own]
+
+
+def split_address(address: str) -> tuple[str, int]:
+    """'host:port' (or '[v6]:port') -> (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def address_accepts(address: str, timeout: float = 1.0, connect: bool = True) -> bool:
+    """Whether `address` resolves and (when `connect`) accepts a TCP connection."""
+    host, port = split_address(address)
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return False
+    if not connect:
+        return True
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as sock:
+                sock.settimeout(timeout)
+                sock.connect(sockaddr)
+                return True
+        except OSError:
+            continue
+    return False
+
+
+def wait_for_peers(
+    addresses: Iterable[str],
+    timeout: float,
+    connect: bool = True,
+    interval: float = 1.0,
+    report_every: float = 10.0,
+    probe: Callable[[str, float, bool], bool] = address_accepts,
+) -> float:
+    """Block until every address resolves (and accepts TCP); log who is missing; return the wait time.
+
+    Raises StartupTimeout naming the missing peers when `timeout` seconds pass.
+    """
+    start = time.monotonic()
+    missing = list(dict.fromkeys(addresses))
+    last_report = start
+    while True:
+        missing = [a for a in missing if not probe(a, min(interval, 1.0), connect)]
+        now = time.monotonic()
+        if not missing:
+            return now - start
+        if now - start >= timeout:
+            raise StartupTimeout(f"peers not reachable after {timeout:.0f}s: {', '.join(missing)}")
+        if now - last_report >= report_every or now == start:
+            log.info("waiting for %d peer(s): %s", len(missing), ", ".join(missing))
+            last_report = now
+        time.sleep(interval)
+
+
+def available_cpus() -> int:
+    """CPUs this process may really use: affinity mask, capped by a cgroup v2/v1 CPU quota."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        count = min(count, max(1, int(quota + 0.5)))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota() -> float | None:
+    """The cgroup CPU limit in CPUs, or None when unlimited/unknown."""
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as fh:
+            quota, period = fh.read().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us") as q, open("/sys/fs/cgroup/cpu/cpu.cfs_period_us") as p:
+            quota_us, period_us = int(q.read()), int(p.read())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,149 @@
+"""Optimizers that work on sharded variables: one slot per shard, colocated on the shard's ps.
+
+Keras 3 optimizers fail on `ShardedVariable` (no `.handle`), so the update is written with TensorFlow's
+fused resource kernels. Under ParameterServerStrategy each kernel runs on the ps that holds the shard:
+DistBelief's Downpour SGD — workers push gradients, each parameter shard updates itself asynchronously
+with its own per-parameter adaptive learning rate (Adagrad).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+import tensorflow as tf
+
+OPTIMIZERS = ("adagrad", "sgd", "adam")
+
+
+def variable_shards(model: keras.Model, trainable: bool = True) -> list[tf.Variable]:
+    """The TensorFlow variables behind a Keras model, with every ShardedVariable expanded to its shards."""
+    weights = model.trainable_weights if trainable else model.weights
+    flat: list[tf.Variable] = []
+    for weight in weights:
+        value = getattr(weight, "value", weight)
+        flat.extend(getattr(value, "variables", None) or [value])
+    return flat
+
+
+class ShardedOptimizer(tf.Module):
+    """Base class: creates colocated slots per variable and applies dense gradients."""
+
+    slot_initial: dict[str, float] = {}
+
+    def __init__(self, learning_rate: float, variables: Sequence[tf.Variable], name: str) -> None:
+        super().__init__(name=name)
+        self.learning_rate = float(learning_rate)
+        self.iterations = tf.Variable(
+            0,
+            dtype=tf.int64,
+            trainable=False,
+            name="iterations",
+            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+        )
+        strategy = tf.distribute.get_strategy()
+        self.slots: dict[str, list[tf.Variable]] = {}
+        for slot, initial in self.slot_initial.items():
+            self.slots[slot] = []
+            for index, var in enumerate(variables):
+                with strategy.extended.colocate_vars_with(var):
+                    self.slots[slot].append(
+                        tf.Variable(
+                            tf.fill(var.shape, tf.constant(initial, var.dtype)),
+                            trainable=False,
+                            name=f"{slot}_{index}",
+                        )
+                    )
+
+    def apply(self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> tf.Tensor:
+        """Apply one update per (gradient, variable shard) pair (slots matched by position); return the step."""
+        step = self.iterations.assign_add(1)
+        count = tf.cast(step, tf.float32)
+        lr = tf.constant(self.learning_rate)
+        for index, (grad, var) in enumerate(zip(grads, variables, strict=True)):
+            if grad is None:
+                continue
+            slots = {name: slots[index] for name, slots in self.slots.items()}
+            self._apply_dense(tf.convert_to_tensor(grad), var, slots, tf.cast(lr, var.dtype), count)
+        return step
+
+    def _apply_dense(
+        self, grad: tf.Tensor, var: tf.Variable, slots: dict[str, tf.Variable], lr: tf.Tensor, step: tf.Tensor
+    ) -> None:
+        raise NotImplementedError
+
+
+class Adagrad(ShardedOptimizer):
+    """Adagrad (Duchi et al.), DistBelief's adaptive learning rate: lr / sqrt(sum of squared gradients)."""
+
+    slot_initial = {"accumulator": 0.1}
+
+    def __init__(self, learning_rate: float, variables: Sequence[tf.Variable], epsilon: float = 1e-7) -> None:
+        super().__init__(learning_rate, variables, name="adagrad")
+        self.epsilon = epsilon
+
+    def _apply_dense(
+        self, grad: tf.Tensor, var: tf.Variable, slots: dict[str, tf.Variable], lr: tf.Tensor, step: tf.Tensor
+    ) -> None:
+        tf.raw_ops.ResourceApplyAdagradV2(
+            var=var.handle,
+            accum=slots["accumulator"].handle,
+            lr=lr,
+            epsilon=tf.constant(self.epsilon, var.dtype),
+            grad=grad,
+            use_locking=False,
+        )
+
+
+class SGD(ShardedOptimizer):
+    """Plain stochastic gradient descent (no slots)."""
+
+    def __init__(self, learning_rate: float, variables: Sequence[tf.Variable]) -> None:
+        super().__init__(learning_rate, variables, name="sgd")
+
+    def _apply_dense(
+        self, grad: tf.Tensor, var: tf.Variable, slots: dict[str, tf.Variable], lr: tf.Tensor, step: tf.Tensor
+    ) -> None:
+        tf.raw_ops.ResourceApplyGradientDescent(var=var.handle, alpha=lr, delta=grad, use_locking=False)
+
+
+class Adam(ShardedOptimizer):
+    """Adam; the bias correction uses the step count of the update, so async updates stay well-defined."""
+
+    slot_initial = {"m": 0.0, "v": 0.0}
+
+    def __init__(
+        self,
+        learning_rate: float,
+        variables: Sequence[tf.Variable],
+        beta_1: float = 0.9,
+        beta_2: float = 0.999,
+        epsilon: float = 1e-7,
+    ) -> None:
+        super().__init__(learning_rate, variables, name="adam")
+        self.beta_1, self.beta_2, self.epsilon = beta_1, beta_2, epsilon
+
+    def _apply_dense(
+        self, grad: tf.Tensor, var: tf.Variable, slots: dict[str, tf.Variable], lr: tf.Tensor, step: tf.Tensor
+    ) -> None:
+        tf.raw_ops.ResourceApplyAdam(
+            var=var.handle,
+            m=slots["m"].handle,
+            v=slots["v"].handle,
+            beta1_power=tf.cast(tf.pow(self.beta_1, step), var.dtype),
+            beta2_power=tf.cast(tf.pow(self.beta_2, step), var.dtype),
+            lr=lr,
+            beta1=tf.constant(self.beta_1, var.dtype),
+            beta2=tf.constant(self.beta_2, var.dtype),
+            epsilon=tf.constant(self.epsilon, var.dtype),
+            grad=grad,
+            use_locking=False,
+        )
+
+
+def make_optimizer(name: str, learning_rate: float, variables: Sequence[tf.Variable]) -> ShardedOptimizer:
+    """Build an optimizer by name (call inside the strategy scope so its slots are distributed)."""
+    classes: dict[str, type[ShardedOptimizer]] = {"adagrad": Adagrad, "sgd": SGD, "adam": Adam}
+    if name not in classes:
+        raise ValueError(f"unknown optimizer {name!r}; expected one of {', '.join(OPTIMIZERS)}")
+    return classes[name](learning_rate, variables)  # type: ignore[call-arg]

@@ -1,0 +1,139 @@
+"""ps/worker serving, and ending by themselves: a shutdown token from the chief, or the chief gone for good.
+
+`tf.distribute.Server.join()` never returns, so a ps/worker pod would never complete. Each server
+therefore waits on two things at once:
+  * a shutdown token: a FIFO queue with a well-known shared name on its own device, into which the chief
+    enqueues one element per task when training succeeded (all tasks exit within a second);
+  * the chief's port: once seen open, if it stays closed for `grace` seconds the chief is gone for good
+    (crashed and not restarted), and the server exits too.
+SIGTERM/SIGINT keep their default action, which ends the process at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import threading
+import time
+from collections.abc import Callable
+
+import tensorflow as tf
+
+from .cluster import ClusterConfig, address_accepts
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_QUEUE = "disttrain_shutdown"
+SEND_TIMEOUT = 5.0
+
+
+class ChiefWatcher:
+    """Says whether the chief has been seen and has since stayed unreachable for `grace` seconds."""
+
+    def __init__(
+        self,
+        address: str,
+        grace: float,
+        never_seen_timeout: float,
+        probe: Callable[[str], bool] = lambda a: address_accepts(a, timeout=1.0),
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.address, self.grace, self.never_seen_timeout = address, grace, never_seen_timeout
+        self._probe, self._clock = probe, clock
+        self._started = clock()
+        self._seen = False
+        self._closed_since: float | None = None
+
+    def status(self) -> str:
+        """'running', 'gone' (seen, then closed for grace seconds) or 'never-started'."""
+        now = self._clock()
+        if self._probe(self.address):
+            self._seen, self._closed_since = True, None
+            return "running"
+        if not self._seen:
+            return "never-started" if now - self._started > self.never_seen_timeout else "running"
+        if self._closed_since is None:
+            self._closed_since = now
+        return "gone" if now - self._closed_since >= self.grace else "running"
+
+
+def session_config(threads: int) -> tf.compat.v1.ConfigProto:
+    """Thread pools sized to the CPUs the process really has."""
+    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+
+
+def _wait_for_token(server: tf.distribute.Server, device: str, done: threading.Event) -> None:
+    """Block on this task's shutdown queue (graph mode, through the server's own master)."""
+    try:
+        with tf.Graph().as_default():
+            with tf.device(device):
+                queue = tf.queue.FIFOQueue(8, tf.int32, shared_name=SHUTDOWN_QUEUE, name=SHUTDOWN_QUEUE)
+                dequeue = queue.dequeue()
+            with tf.compat.v1.Session(server.target) as session:
+                session.run(dequeue)
+        log.info("shutdown token received")
+        done.set()
+    except Exception as exc:  # the watcher still ends the process
+        log.warning("shutdown-token listener stopped: %s", exc)
+
+
+def serve(config: ClusterConfig, threads: int, grace: float, never_seen_timeout: float) -> int:
+    """Run this task's TensorFlow server until the chief is done; returns the exit code."""
+    server = tf.distribute.Server(
+        tf.train.ClusterSpec(config.training_cluster),
+        job_name=config.task_type,
+        task_index=config.task_index,
+        protocol="grpc",
+        config=session_config(threads),
+        start=True,
+    )
+    log.info("%s %d serving on %s", config.task_type, config.task_index, config.address)
+    print(f"serving {config.task_type}:{config.task_index} on {config.address}", flush=True)
+    token = threading.Event()
+    device = f"/job:{config.task_type}/replica:0/task:{config.task_index}"
+    threading.Thread(target=_wait_for_token, args=(server, device, token), daemon=True).start()
+    chief = config.cluster["chief"][0]
+    watcher = ChiefWatcher(chief, grace, never_seen_timeout)
+    while not token.wait(1.0):
+        state = watcher.status()
+        if state == "gone":
+            log.info("chief %s unreachable for %.0fs: exiting", chief, grace)
+            break
+        if state == "never-started":
+            print(f"disttrain-trainer: error: chief {chief} never came up", file=sys.stderr, flush=True)
+            return 1
+    print(f"{config.task_type}:{config.task_index} done", flush=True)
+    return 0
+
+
+def send_shutdown(config: ClusterConfig) -> None:
+    """From the chief after success: enqueue a token on every ps and worker (dead ones time out)."""
+    targets = [(job, i) for job in ("ps", "worker") for i in range(config.count(job))]
+    threads = [threading.Thread(target=_send_token, args=(config, *t), daemon=True) for t in targets]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + SEND_TIMEOUT
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _send_token(config: ClusterConfig, job: str, index: int) -> None:
+    """A graph session straight to the task's own server, so the queue's shared name matches."""
+    options = tf.compat.v1.ConfigProto(operation_timeout_in_ms=int(SEND_TIMEOUT * 1000))
+    try:
+        with tf.Graph().as_default():
+            with tf.device(f"/job:{job}/replica:0/task:{index}"):
+                queue = tf.queue.FIFOQueue(8, tf.int32, shared_name=SHUTDOWN_QUEUE, name=SHUTDOWN_QUEUE)
+                enqueue = queue.enqueue(1)
+            with tf.compat.v1.Session(f"grpc://{config.cluster[job][index]}", config=options) as session:
+                session.run(enqueue)
+    except Exception as exc:
+        log.warning("could not send shutdown token to %s %d: %s", job, index, exc)
+
+
+def exit_now(code: int) -> None:
+    """Leave without waiting for TensorFlow's non-daemon server threads."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

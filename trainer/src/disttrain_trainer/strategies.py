@@ -1,0 +1,180 @@
+"""Training step runners: single process, multi-worker-mirrored (sync all-reduce), parameter server (async).
+
+Each runner owns a strategy, the model and optimizer created in its scope, and `run(n)`, which performs
+n global steps and returns the per-step losses and accuracies. The driver loop is in training.py.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .cluster import ClusterConfig
+from .data import Mnist
+from .model import build_model
+from .optimizers import ShardedOptimizer, make_optimizer, variable_shards
+from .pipeline import train_dataset
+
+log = logging.getLogger(__name__)
+
+STATIC_LOSS_SCALE = 1024.0  # only with float16 (GPU) mixed precision; bfloat16 needs none
+
+
+@dataclass(frozen=True)
+class HParams:
+    """What the training step needs to know."""
+
+    batch_size: int
+    learning_rate: float
+    optimizer: str
+    seed: int = 0
+    loss_scale: float = 1.0
+
+
+class Runner:
+    """Builds model + optimizer in `strategy`'s scope and the per-replica step; subclasses dispatch it."""
+
+    name = "single"
+
+    def __init__(self, strategy: tf.distribute.Strategy, data: Mnist, hp: HParams, replicas: int = 1) -> None:
+        self.strategy = strategy
+        self.hp = hp
+        self.data = data
+        self.replicas = replicas
+        self.global_batch = hp.batch_size * replicas
+        with strategy.scope():
+            self.model: keras.Model = build_model()
+            self.variables = variable_shards(self.model)
+            self.optimizer: ShardedOptimizer = make_optimizer(hp.optimizer, hp.learning_rate, self.variables)
+
+    @property
+    def examples_per_step(self) -> int:
+        """Images consumed by one global step."""
+        return self.global_batch
+
+    def replica_step(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        """Forward, backward, (all-reduce when synchronous), apply; returns local (loss, accuracy)."""
+        with tf.GradientTape() as tape:
+            probs = self.model(images, training=True)
+            per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
+            loss = tf.reduce_sum(per_example) / self.global_batch
+            scaled = loss * self.hp.loss_scale
+        grads = tape.gradient(scaled, self.variables)
+        if self.hp.loss_scale != 1.0:
+            grads = [g / self.hp.loss_scale for g in grads]
+        if self.replicas > 1:
+            grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
+        self.optimizer.apply(grads, self.variables)
+        predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
+        accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
+        return tf.reduce_mean(per_example), accuracy
+
+    def step(self) -> int:
+        """The global step (optimizer update count)."""
+        return int(self.optimizer.iterations.numpy())
+
+    def run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run `steps` global steps; per-step (loss, accuracy) arrays."""
+        raise NotImplementedError
+
+
+class LocalRunner(Runner):
+    """Single process, or one of the synchronous multi-worker-mirrored replicas."""
+
+    def __init__(self, strategy: tf.distribute.Strategy, data: Mnist, hp: HParams, replicas: int = 1) -> None:
+        super().__init__(strategy, data, hp, replicas)
+
+        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            return train_dataset(
+                data.x_train,
+                data.y_train,
+                ctx.get_per_replica_batch_size(self.global_batch),
+                shard_index=ctx.input_pipeline_id,
+                num_shards=ctx.num_input_pipelines,
+                seed=hp.seed + ctx.input_pipeline_id,
+            )
+
+        self._iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+        self._step_fn = tf.function(self._distributed_step)
+
+    def _distributed_step(self, iterator: tf.distribute.DistributedIterator) -> tuple[tf.Tensor, tf.Tensor]:
+        images, labels = next(iterator)
+        loss, accuracy = self.strategy.run(self.replica_step, args=(images, labels))
+        mean = tf.distribute.ReduceOp.MEAN
+        return self.strategy.reduce(mean, loss, axis=None), self.strategy.reduce(mean, accuracy, axis=None)
+
+    def run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Run synchronously, reading results once at the end."""
+        results = [self._step_fn(self._iterator) for _ in range(steps)]
+        return np.array([float(r[0]) for r in results]), np.array([float(r[1]) for r in results])
+
+
+class MirroredRunner(LocalRunner):
+    """Synchronous data parallelism: every worker runs every step; gradients are all-reduced."""
+
+    name = "multi-worker-mirrored"
+
+
+class ParameterServerRunner(Runner):
+    """Downpour SGD: the chief schedules steps on any free worker; workers update the sharded ps state."""
+
+    name = "parameter-server"
+
+    def __init__(self, strategy: tf.distribute.ParameterServerStrategy, data: Mnist, hp: HParams, workers: int):
+        super().__init__(strategy, data, hp, replicas=1)
+        self.coordinator = tf.distribute.coordinator.ClusterCoordinator(strategy)
+
+        def dataset_fn(ctx: tf.distribute.InputContext) -> tf.data.Dataset:
+            index = tf.distribute.coordinator.experimental_get_current_worker_index()
+            return train_dataset(
+                data.x_train, data.y_train, hp.batch_size, shard_index=index, num_shards=workers, seed=None
+            )
+
+        @tf.function
+        def per_worker_dataset() -> tf.distribute.DistributedDataset:
+            return strategy.distribute_datasets_from_function(dataset_fn)
+
+        self._iterator = iter(self.coordinator.create_per_worker_dataset(per_worker_dataset))
+        self._step_fn = tf.function(self._worker_step)
+
+    def _worker_step(self, iterator: tf.distribute.DistributedIterator) -> tuple[tf.Tensor, tf.Tensor]:
+        images, labels = next(iterator)
+        return self.strategy.run(self.replica_step, args=(images, labels))
+
+    def run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
+        """Schedule `steps` asynchronous steps, wait for them (failed ones are retried), fetch results."""
+        pending = [self.coordinator.schedule(self._step_fn, args=(self._iterator,)) for _ in range(steps)]
+        self.coordinator.join()
+        values = [r.fetch() for r in pending]
+        return np.array([float(v[0]) for v in values]), np.array([float(v[1]) for v in values])
+
+
+def cluster_resolver(config: ClusterConfig) -> tf.distribute.cluster_resolver.ClusterResolver:
+    """A resolver over the training cluster only (the evaluator is stripped out)."""
+    return tf.distribute.cluster_resolver.SimpleClusterResolver(
+        tf.train.ClusterSpec(config.training_cluster),
+        task_type=config.task_type,
+        task_id=config.task_index,
+        rpc_layer="grpc",
+    )
+
+
+def make_runner(kind: str, config: ClusterConfig | None, data: Mnist, hp: HParams) -> Runner:
+    """The runner for a strategy name chosen by cluster.choose_strategy."""
+    if kind == "single":
+        return LocalRunner(tf.distribute.get_strategy(), data, hp)
+    assert config is not None
+    if kind == "multi-worker-mirrored":
+        strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=cluster_resolver(config))
+        return MirroredRunner(strategy, data, hp, replicas=strategy.num_replicas_in_sync)
+    if kind == "parameter-server":
+        partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
+            min_shard_bytes=64 << 10, max_shards=config.count("ps")
+        )
+        strategy = tf.distribute.ParameterServerStrategy(cluster_resolver(config), variable_partitioner=partitioner)
+        return ParameterServerRunner(strategy, data, hp, workers=config.count("worker"))
+    raise ValueError(f"unknown strategy {kind!r}")

@@ -1,0 +1,132 @@
+"""The chief's training driver: resume, run in logging intervals, checkpoint, evaluate, export, report."""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from .cluster import ClusterConfig
+from .data import Mnist
+from .evaluation import checkpoint_for, evaluate, inference_timing, local_copy
+from .reporting import OutputPaths, Summaries, emit, export_model, hparams_markdown, progress_line, write_metrics
+from .strategies import HParams, Runner, make_runner
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long to train and how often to report and checkpoint."""
+
+    max_steps: int | None
+    epochs: float | None
+    log_every: int
+    checkpoint_every: int
+
+    def total_steps(self, train_examples: int, examples_per_step: int) -> int:
+        """--max-steps, or --epochs converted to steps (the smaller when both are given)."""
+        candidates = [self.max_steps] if self.max_steps else []
+        if self.epochs:
+            candidates.append(math.ceil(self.epochs * train_examples / examples_per_step))
+        if not candidates:
+            raise ValueError("give --max-steps or --epochs")
+        return max(1, min(candidates))
+
+
+def train(
+    kind: str, config: ClusterConfig | None, data: Mnist, hp: HParams, budget: Budget, paths: OutputPaths
+) -> dict[str, object]:
+    """Train with strategy `kind`; the chief writes every output and returns the final metrics."""
+    is_chief = config is None or config.is_chief
+    runner = make_runner(kind, config, data, hp)
+    max_steps = budget.total_steps(len(data.x_train), runner.examples_per_step)
+    if is_chief:
+        paths.metrics.unlink(missing_ok=True)  # metrics.json appears only when this run has finished
+    checkpoint = checkpoint_for(runner.model, optimizer=runner.optimizer)
+    ckpt_dir = paths.checkpoints if is_chief else Path(tempfile.mkdtemp(prefix="disttrain-ckpt-"))
+    manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=3)
+    latest = tf.train.latest_checkpoint(str(paths.checkpoints))  # every replica resumes from the chief's
+    if latest:
+        checkpoint.restore(latest)
+        log.info("resumed from %s", latest)
+    summaries = Summaries(paths.logs / "train" if is_chief else None)
+    summaries.text("hparams", hparams_markdown(_hparams(kind, config, hp, max_steps, data)))
+    step = runner.step()
+    log.info("training %s from step %d to %d, %d examples/step", kind, step, max_steps, runner.examples_per_step)
+
+    trained_steps, train_seconds, last = 0, 0.0, (math.nan, math.nan)
+    while step < max_steps:
+        chunk = min(budget.log_every, max_steps - step)
+        start = time.perf_counter()
+        losses, accuracies = runner.run(chunk)
+        elapsed = time.perf_counter() - start
+        previous, step = step, runner.step()
+        trained_steps += chunk
+        train_seconds += elapsed
+        speed = chunk * runner.examples_per_step / elapsed
+        last = (float(np.mean(losses)), float(np.mean(accuracies)))
+        summaries.scalars(
+            step,
+            {"loss": last[0], "accuracy": last[1], "learning_rate": hp.learning_rate, "examples_per_sec": speed},
+        )
+        if is_chief:
+            emit(progress_line(step, max_steps, last[0], last[1], speed))
+        if budget.checkpoint_every and (step // budget.checkpoint_every > previous // budget.checkpoint_every):
+            manager.save(checkpoint_number=step)
+    if step > 0:
+        manager.save(checkpoint_number=step)
+    if not is_chief:
+        shutil.rmtree(ckpt_dir, ignore_errors=True)
+        return {}
+    return _finish(runner, kind, data, paths, summaries, step, trained_steps, train_seconds, last)
+
+
+def _finish(
+    runner: Runner,
+    kind: str,
+    data: Mnist,
+    paths: OutputPaths,
+    summaries: Summaries,
+    step: int,
+    trained_steps: int,
+    train_seconds: float,
+    last: tuple[float, float],
+) -> dict[str, object]:
+    """Held-out evaluation, sample predictions, export and metrics.json."""
+    model = local_copy(runner.model)
+    result = evaluate(model, data)
+    summaries.scalars(step, {"heldout_accuracy": result.accuracy, "heldout_loss": result.loss})
+    summaries.predictions(step, data.x_held[:32], result.predicted[:32], data.y_held[:32])
+    summaries.close()
+    export_model(model, paths.model)
+    metrics: dict[str, object] = {
+        "strategy": kind,
+        "steps": step,
+        "accuracy": round(result.accuracy, 4),
+        "loss": round(result.loss, 4),
+        "train_loss": round(last[0], 4),
+        "train_accuracy": round(last[1], 4),
+        "train_seconds": round(train_seconds, 2),
+        "examples_per_second": round(trained_steps * runner.examples_per_step / max(train_seconds, 1e-9), 1),
+        "batch_size": runner.hp.batch_size,
+        "global_batch_size": runner.examples_per_step,
+        "train_examples": len(data.x_train),
+        "heldout_examples": len(data.x_held),
+        "data": data.source,
+        **inference_timing(model, data),
+    }
+    write_metrics(paths.metrics, metrics)
+    return metrics
+
+
+def _hparams(kind: str, config: ClusterConfig | None, hp: HParams, max_steps: int, data: Mnist) -> dict[str, object]:
+    counts = {f"num_{job}": len(addrs) for job, addrs in (config.cluster.items() if config else [])}
+    return {"strategy": kind, "max_steps": max_steps, "data": data.source, **asdict(hp), **counts}
