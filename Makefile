@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export MNIST_DIR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data/mnist),)
 
-.PHONY: help venv demo test test-unit lint control-plane cluster-up cluster-down crd crd-files api-docs bench clean
+.PHONY: help venv demo test test-unit lint control-plane cluster-up cluster-down crd crd-files api-docs bench kind-e2e clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -47,6 +47,9 @@ api-docs: venv ## Regenerate docs/api.md from the API models
 
 bench: venv ## Benchmarks (JSON and PNG under bench/results/)
 	$(PY) bench/trainer.py
+
+kind-e2e: ## kind end to end: build both images, helm install, run examples/mnist-ps.yaml to Succeeded (needs docker, kind, helm)
+	@bash hack/kind-e2e.sh
 
 clean: ## Remove the venv and local outputs
 	rm -rf $(VENV) runs out .pytest_cache

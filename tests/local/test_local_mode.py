@@ -36,11 +36,11 @@ def write_job(tmp_path: Path, replica_specs: dict[str, Any], **spec: Any) -> Pat
 PS_JOB = {"chief": {"replicas": 1}, "ps": {"replicas": 2}, "worker": {"replicas": 2}}
 
 
-def run(tmp_path: Path, job: Path, plan: dict[str, Any] | None = None) -> tuple[int, str]:
+def run(tmp_path: Path, job: Path, plan: dict[str, Any] | None = None, quiet: bool = False) -> tuple[int, str]:
     os.environ["FAKE_PLAN"] = json.dumps(plan or {})
     out = io.StringIO()
     try:
-        code = run_manifest(job, output_dir=tmp_path / "out", trainer=FAKE_TRAINER, out=out)
+        code = run_manifest(job, output_dir=tmp_path / "out", trainer=FAKE_TRAINER, out=out, quiet=quiet)
     finally:
         del os.environ["FAKE_PLAN"]
     return code, out.getvalue()
@@ -105,6 +105,14 @@ def test_never_policy_fails_the_job_with_the_reason(tmp_path: Path) -> None:
     assert code == 1
     assert "reason:      PodFailed: worker-1 exited with code 3" in output
     assert not [pid for pid in pids_of(tmp_path / "out") if alive(pid)]
+
+
+def test_quiet_mode_still_shows_why_a_replica_failed(tmp_path: Path) -> None:
+    job = write_job(tmp_path, {**PS_JOB, "worker": {"replicas": 2, "restartPolicy": "Never"}})
+    code, output = run(tmp_path, job, {"worker-1": {"exit": 3}}, quiet=True)
+    assert code == 1
+    assert "   worker-1 | worker-1 failing with 3" in output
+    assert "ps-0 exiting" not in output  # other replicas' lines stay hidden
 
 
 def test_on_failure_restarts_until_the_backoff_limit(tmp_path: Path) -> None:

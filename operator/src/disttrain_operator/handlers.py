@@ -77,6 +77,9 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         prefix=PREFIX, key="last-handled-configuration"
     )
     settings.posting.level = logging.WARNING
+    # Serve the CRD and namespaces that exist at start-up: discovering new ones would need cluster-wide
+    # namespace and CRD reads, which least-privilege RBAC does not grant (helm/kustomize install the CRD first).
+    settings.scanning.disabled = True
     settings.networking.request_timeout = 60.0
     settings.networking.connect_timeout = 10.0
     settings.watching.server_timeout = 300  # an int: the API server rejects "300.0"

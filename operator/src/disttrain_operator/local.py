@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -37,6 +38,7 @@ SELF_EXIT_GRACE_SECONDS = 15.0
 TERM_GRACE_SECONDS = 5.0
 PROGRESS_PATTERN = re.compile(r"^progress\s+(?P<fields>.*)$")
 FINAL_PREFIX = "final "
+TAIL_LINES = 8
 
 
 def free_port() -> int:
@@ -104,6 +106,7 @@ class LocalReplica:
     exit_code: int | None = None
     restart_at: float | None = None
     reader: threading.Thread | None = field(default=None, repr=False)
+    last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES), repr=False)
 
     @property
     def name(self) -> str:
@@ -154,6 +157,7 @@ class LocalJob:
         prefix = f"{replica.name:>11} | "
         for raw in stream:
             line = raw.rstrip("\n")
+            replica.last_lines.append(line)
             if (replica.role, replica.index) == self.reporter:
                 if line.startswith(FINAL_PREFIX):
                     with contextlib.suppress(json.JSONDecodeError):
@@ -253,6 +257,8 @@ class LocalJob:
     def _act(self, plan: lifecycle.Plan) -> None:
         for event in plan.events:
             self.say(f"[disttrain] {event.type} {event.reason}: {event.message}")
+            if event.reason == "PodFailed" and self.quiet:
+                self._show_tail(event.message.split(" ", 1)[0])
         for key in plan.delete:
             replica = self.replicas.pop(key, None)
             if replica is not None:
@@ -263,6 +269,15 @@ class LocalJob:
             replica = self._replica(role, index)
             self.replicas[(role, index)] = replica
             self.start(replica)
+
+    def _show_tail(self, replica_name: str) -> None:
+        """The last lines of a failed replica, which --quiet would otherwise hide (like kubectl logs --tail)."""
+        for replica in self.replicas.values():
+            if replica.name == replica_name:
+                if replica.reader is not None:
+                    replica.reader.join(timeout=2)
+                for line in replica.last_lines:
+                    self.say(f"{replica.name:>11} | {line}")
 
     def _wait_for_self_exit(self) -> None:
         """After the outcome, gives servers a moment to exit by themselves, then stops the rest."""

@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chief-grace", type=float, default=30.0, help="ps/worker: seconds the chief may be away")
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads per process (0: CPUs available)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--verbose", action="store_true", help="also show TensorFlow's INFO logs")
     return p
 
 
@@ -60,7 +61,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         signal.signal(sig, signal.SIG_DFL)  # end at once, even inside TensorFlow calls
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    # TensorFlow's own chatter (session config dumps, "waiting for closures", gRPC retries while servers
+    # shut down) drowns the replicas' logs; TF_CPP_MIN_LOG_LEVEL=0 and --verbose bring it back.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.verbose:
+        for noisy in ("absl", "tensorflow"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         config = parse_tf_config(os.environ.get("TF_CONFIG"))
         code = run(args, config)
