@@ -21,7 +21,7 @@ log = logging.getLogger("disttrain_trainer")
 
 DEFAULT_STEPS = 1000
 DEFAULT_BATCH = 128
-DEFAULT_LR = 0.1
+DEFAULT_LR = 0.05
 
 
 def build_parser() -> argparse.ArgumentParser:
