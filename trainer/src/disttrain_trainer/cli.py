@@ -67,6 +67,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.verbose:
         for noisy in ("absl", "tensorflow"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # Each checkpoint of sharded, remote variables retraces TensorFlow's own saver function; harmless,
+        # but it warns from the fifth save on.
+        logging.getLogger("tensorflow").addFilter(lambda record: "MultiDeviceSaver" not in record.getMessage())
     try:
         config = parse_tf_config(os.environ.get("TF_CONFIG"))
         code = run(args, config)
