@@ -64,6 +64,16 @@ def control_plane():
             sys.stderr.write(f"\ncontrol plane logs kept in {cp.log_dir}\n")
 
 
+CRD_FILE = HACK_DIR.parent / "deploy" / "crd" / "disttrain.io_disttrainjobs.yaml"
+
+
+@pytest.fixture(scope="session")
+def crd(control_plane) -> None:
+    """The shipped DistTrainJob CRD, applied as a user would (server-side) and Established."""
+    control_plane.kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
+    control_plane.kubectl("wait", "--for=condition=Established", "crd/disttrainjobs.disttrain.io", "--timeout=30s")
+
+
 @pytest.fixture(scope="session")
 def k8s_client(control_plane):
     """kubernetes.client.ApiClient authenticated as the cluster admin."""

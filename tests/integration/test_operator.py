@@ -19,7 +19,6 @@ from kubernetes import client
 
 from disttrain_operator.api import GROUP, PLURAL, VERSION
 from disttrain_operator.builders import ANNOTATION_TF_CONFIG, LABEL_JOB
-from disttrain_operator.crd import build_crd
 from disttrain_operator.kube import Kube
 
 pytestmark = pytest.mark.cluster
@@ -134,29 +133,7 @@ def names(job: str, **counts: int) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def crd(k8s_client: client.ApiClient) -> Obj:
-    """The generated CRD, installed (or replaced) and Established."""
-    ext = client.ApiextensionsV1Api(k8s_client)
-    body = build_crd()
-    name = body["metadata"]["name"]
-    try:
-        ext.create_custom_resource_definition(body)
-    except client.ApiException as error:
-        if error.status != 409:
-            raise
-        body["metadata"]["resourceVersion"] = ext.read_custom_resource_definition(name).metadata.resource_version
-        ext.replace_custom_resource_definition(name, body)
-
-    def established() -> bool:
-        got = ext.read_custom_resource_definition(name)
-        return any(c.type == "Established" and c.status == "True" for c in got.status.conditions or [])
-
-    wait_for(established, timeout=30, what="DistTrainJob CRD Established")
-    return body
-
-
-@pytest.fixture(scope="module")
-def operator(crd: Obj) -> Iterator[Operator]:
+def operator(crd: None) -> Iterator[Operator]:
     running = Operator()
     running.start()
     try:

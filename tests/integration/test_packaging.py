@@ -102,13 +102,6 @@ def tools(control_plane, tmp_path_factory) -> Tools:
 
 
 @pytest.fixture(scope="module")
-def crd(tools: Tools) -> None:
-    """The shipped CRD applied as a user would, and Established."""
-    tools.k("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    tools.k("wait", "--for=condition=Established", f"crd/{CRD_NAME}", "--timeout=30s")
-
-
-@pytest.fixture(scope="module")
 def make_namespace(k8s_client) -> Iterator:
     """Creates uniquely named namespaces for this module; deletes them at its end."""
     core = client.CoreV1Api(k8s_client)
