@@ -244,3 +244,10 @@ def test_invalid_spec_fails_once() -> None:
     assert failed is not None and failed.reason == "InvalidSpec" and plan.status.state == "Failed"
     again = fail_invalid_spec(plan.status, "same", T0 + timedelta(seconds=5))
     assert again.events == [] and again.status.condition("Failed").last_transition_time == "2026-11-25T12:00:00Z"
+
+
+def test_invalid_spec_stops_pods_left_running_from_before() -> None:
+    pods = [pod(CHIEF, 0), pod(PS, 0), pod(WORKER, 0, "Succeeded", exit_code=0)]
+    plan = fail_invalid_spec(DistTrainJobStatus(), "spec.replicaSpecs.ps: the API server rejected it", T0, pods)
+    assert sorted(plan.delete) == [(CHIEF, 0), (PS, 0)]
+    assert plan.status.condition("Failed").reason == "InvalidSpec"

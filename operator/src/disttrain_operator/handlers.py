@@ -215,7 +215,9 @@ async def reconcile_job(state: OperatorState, key: JobKey, job_pods: kopf.Index,
             plan = reconcile(spec, observed_pods(job_pods, key, uid), previous, now, job["metadata"].get("generation"))
             stored = await apply_plan(state, job, spec, plan, stored)
         except InvalidSpecError as error:
-            failed = fail_invalid_spec(DistTrainJobStatus.model_validate(stored), str(error), now)
+            failed = fail_invalid_spec(
+                DistTrainJobStatus.model_validate(stored), str(error), now, observed_pods(job_pods, key, uid)
+            )
             await apply_plan(state, job, None, failed, stored)
             state.due.pop(key, None)
             raise

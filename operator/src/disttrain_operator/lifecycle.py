@@ -344,10 +344,17 @@ def reconcile(
     return b.plan
 
 
-def fail_invalid_spec(previous: DistTrainJobStatus, message: str, now: datetime) -> Plan:
-    """The plan for a job whose spec cannot run: Failed/InvalidSpec, nothing created, never retried."""
+def fail_invalid_spec(
+    previous: DistTrainJobStatus, message: str, now: datetime, observed: list[ReplicaObservation] | None = None
+) -> Plan:
+    """The plan for a job whose spec cannot run: Failed/InvalidSpec, nothing created, never retried.
+
+    Pods left from before the spec turned invalid are cleaned up by the default policy (Running): an
+    invalid spec's own cleanPodPolicy cannot be trusted.
+    """
     b = _Builder(previous, now)
     if not b.status.is_true("Failed"):
         b.finish(False, "InvalidSpec", message)
+    b.plan.delete = cleanup_targets("Running", observed or [])
     b.status.state = _state(b.status)
     return b.plan
