@@ -39,11 +39,13 @@ def test_real_test_set_and_documented_split(mnist_dir: Path) -> None:
     assert np.array_equal(again.y_held, data.y_held)  # fixed split
 
 
-def test_split_is_disjoint() -> None:
-    images = np.arange(10_000, dtype=np.uint32).reshape(-1, 1, 1) % 256
-    labels = (np.arange(10_000) % 10).astype(np.uint8)
-    _, y_train, _, y_held = split_test_set(np.broadcast_to(images, (10_000, 28, 28)), labels)
+def test_split_is_disjoint_and_complete() -> None:
+    ids = np.arange(10_000)  # the "images" are their own ids, so overlaps show
+    x_train, y_train, x_held, y_held = split_test_set(ids, ids % 10)
     assert (len(y_train), len(y_held)) == (8000, 2000)
+    assert set(x_train.tolist()).isdisjoint(x_held.tolist())
+    assert set(x_train.tolist()) | set(x_held.tolist()) == set(range(10_000))
+    assert np.array_equal(y_train, x_train % 10)  # labels stay with their images
 
 
 def test_full_idx_set_uses_the_official_split(tmp_path: Path) -> None:

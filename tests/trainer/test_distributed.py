@@ -101,6 +101,10 @@ def test_ps_and_workers_exit_zero_by_themselves(ps_run: tuple[LocalCluster, Path
     assert info["codes"] == {"ps-0": 0, "ps-1": 0, "worker-0": 0, "worker-1": 0, "evaluator-0": 0, "chief-0": 0}, (
         running.tasks[-1].stderr.read_text()[-2000:]
     )
+    # ended by the chief's shutdown token, not by noticing the chief gone (that takes --chief-grace)
+    latest = {f"{t.task_type}-{t.index}": t for t in running.tasks}  # the restarted worker-1 comes last
+    for name in ("ps-0", "ps-1", "worker-0", "worker-1"):
+        assert "shutdown token received" in latest[name].stderr.read_text(), name
 
 
 def test_outputs_event_tags_checkpoints_export(ps_run: tuple[LocalCluster, Path, dict]) -> None:

@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -48,7 +49,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
     p.add_argument("--mixed-precision", action="store_true", help="float16 on GPU, bfloat16 on CPU")
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for peers")
-    p.add_argument("--chief-grace", type=float, default=30.0, help="ps/worker: seconds the chief may be away")
+    p.add_argument(
+        "--chief-grace",
+        type=float,
+        default=300.0,
+        help="ps/worker/evaluator: seconds the chief may be away (e.g. restarting from its checkpoint) before they end",
+    )
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads per process (0: CPUs available)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="also show TensorFlow's INFO logs")
@@ -64,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # TensorFlow's own chatter (session config dumps, "waiting for closures", gRPC retries while servers
     # shut down) drowns the replicas' logs; TF_CPP_MIN_LOG_LEVEL=0 and --verbose bring it back.
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    if not args.verbose:
+    if args.verbose:
+        log.setLevel(logging.DEBUG)  # includes the traceback of a failure
+    else:
         for noisy in ("absl", "tensorflow"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
         # Each checkpoint of sharded, remote variables retraces TensorFlow's own saver function; harmless,
@@ -110,8 +118,10 @@ def _configure_tensorflow(threads: int, mixed_precision: bool) -> None:
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
     tf.config.threading.set_inter_op_parallelism_threads(threads)
+    gpus = tf.config.list_physical_devices("GPU")
+    for gpu in gpus:  # take memory as needed: local mode may put several replicas on one card
+        tf.config.experimental.set_memory_growth(gpu, True)
     if mixed_precision:
-        gpus = tf.config.list_physical_devices("GPU")
         keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "mixed_bfloat16")
 
 
@@ -162,8 +172,11 @@ def _evaluate_forever(args: argparse.Namespace, config: ClusterConfig | None, da
     chief = config.chief_address if config else None
     watcher = ChiefWatcher(chief, args.chief_grace, args.startup_timeout + args.chief_grace) if chief else None
 
-    def finished() -> bool:
-        return paths.metrics.exists() or (watcher is not None and watcher.status() != "running")
+    started = time.time()
+
+    def finished() -> bool:  # a metrics.json left by an earlier run does not count
+        done = paths.metrics.exists() and paths.metrics.stat().st_mtime >= started
+        return done or (watcher is not None and watcher.status() != "running")
 
     result = run_evaluator(data, paths.checkpoints, paths.logs, finished)
     log.info("evaluator done: %s", result)

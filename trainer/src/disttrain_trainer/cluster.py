@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import socket
 import time
@@ -183,7 +184,7 @@ def wait_for_peers(
     """
     start = time.monotonic()
     missing = list(dict.fromkeys(addresses))
-    last_report = start
+    last_report = -math.inf  # report the first miss at once, then every `report_every` seconds
     while True:
         missing = [a for a in missing if not probe(a, min(interval, 1.0), connect)]
         now = time.monotonic()
@@ -191,7 +192,7 @@ def wait_for_peers(
             return now - start
         if now - start >= timeout:
             raise StartupTimeout(f"peers not reachable after {timeout:.0f}s: {', '.join(missing)}")
-        if now - last_report >= report_every or now == start:
+        if now - last_report >= report_every:
             log.info("waiting for %d peer(s): %s", len(missing), ", ".join(missing))
             last_report = now
         time.sleep(interval)

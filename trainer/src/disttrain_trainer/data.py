@@ -7,6 +7,7 @@ import hashlib
 import logging
 import os
 import struct
+import tempfile
 import urllib.request
 import zipfile
 import zlib
@@ -135,10 +136,12 @@ def download_npz(cache_dir: Path, url: str = DOWNLOAD_URL, sha256: str = DOWNLOA
     if target.is_file() and _sha256(target) == sha256:
         return target
     cache_dir.mkdir(parents=True, exist_ok=True)
-    partial = target.with_suffix(".part")
+    # one temporary file per process: the chief, the evaluator and mirrored workers may download at once
+    handle, name = tempfile.mkstemp(dir=cache_dir, prefix=f"{NPZ_NAME}.", suffix=".part")
+    partial = Path(name)
     log.info("downloading %s", url)
     try:
-        with urllib.request.urlopen(url, timeout=30) as response, partial.open("wb") as out:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=30) as response:
             while chunk := response.read(1 << 20):
                 out.write(chunk)
     except OSError as exc:

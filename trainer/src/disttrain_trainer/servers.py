@@ -59,8 +59,10 @@ class ChiefWatcher:
 
 
 def session_config(threads: int) -> tf.compat.v1.ConfigProto:
-    """Thread pools sized to the CPUs the process really has."""
-    return tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+    """Thread pools sized to the CPUs the process really has; GPU memory taken only as needed."""
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+    config.gpu_options.allow_growth = True
+    return config
 
 
 def _wait_for_token(server: tf.distribute.Server, device: str, done: threading.Event) -> None:

@@ -41,6 +41,31 @@ class Budget:
         return max(1, min(candidates))
 
 
+@dataclass
+class Throughput:
+    """Training time and examples/s. The first chunk (tracing, shipping functions to the workers) counts
+    in the time but not in examples/s when later chunks exist, so every strategy is compared in steady state."""
+
+    chunks: int = 0
+    seconds: float = 0.0
+    first: tuple[int, float] = (0, 0.0)
+    steady: tuple[int, float] = (0, 0.0)
+
+    def add(self, examples: int, seconds: float) -> None:
+        """Record one chunk of training."""
+        if self.chunks:
+            self.steady = (self.steady[0] + examples, self.steady[1] + seconds)
+        else:
+            self.first = (examples, seconds)
+        self.chunks += 1
+        self.seconds += seconds
+
+    def examples_per_second(self) -> float | None:
+        """Steady-state examples/s (the only chunk's in a one-chunk run; None when nothing ran)."""
+        examples, seconds = self.steady if self.chunks > 1 else self.first
+        return round(examples / seconds, 1) if seconds > 0 else None
+
+
 def train(
     kind: str, config: ClusterConfig | None, data: Mnist, hp: HParams, budget: Budget, paths: OutputPaths
 ) -> dict[str, object]:
@@ -62,15 +87,15 @@ def train(
     step = runner.step()
     log.info("training %s from step %d to %d, %d examples/step", kind, step, max_steps, runner.examples_per_step)
 
-    trained_steps, train_seconds, last = 0, 0.0, (math.nan, math.nan)
+    clock = Throughput()
+    last: tuple[float, float] | None = None
     while step < max_steps:
         chunk = min(budget.log_every, max_steps - step)
         start = time.perf_counter()
         losses, accuracies = runner.run(chunk)
         elapsed = time.perf_counter() - start
         previous, step = step, runner.step()
-        trained_steps += chunk
-        train_seconds += elapsed
+        clock.add(chunk * runner.examples_per_step, elapsed)
         speed = chunk * runner.examples_per_step / elapsed
         last = (float(np.mean(losses)), float(np.mean(accuracies)))
         summaries.scalars(
@@ -81,12 +106,12 @@ def train(
             emit(progress_line(step, max_steps, last[0], last[1], speed))
         if budget.checkpoint_every and (step // budget.checkpoint_every > previous // budget.checkpoint_every):
             manager.save(checkpoint_number=step)
-    if step > 0:
+    if clock.chunks:  # a chief resumed at max_steps has nothing new to save
         manager.save(checkpoint_number=step)
     if not is_chief:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return {}
-    return _finish(runner, kind, data, paths, summaries, step, trained_steps, train_seconds, last)
+    return _finish(runner, kind, data, paths, summaries, step, clock, last)
 
 
 def _finish(
@@ -96,9 +121,8 @@ def _finish(
     paths: OutputPaths,
     summaries: Summaries,
     step: int,
-    trained_steps: int,
-    train_seconds: float,
-    last: tuple[float, float],
+    clock: Throughput,
+    last: tuple[float, float] | None,
 ) -> dict[str, object]:
     """Held-out evaluation, sample predictions, export and metrics.json."""
     model = local_copy(runner.model)
@@ -112,10 +136,10 @@ def _finish(
         "steps": step,
         "accuracy": round(result.accuracy, 4),
         "loss": round(result.loss, 4),
-        "train_loss": round(last[0], 4),
-        "train_accuracy": round(last[1], 4),
-        "train_seconds": round(train_seconds, 2),
-        "examples_per_second": round(trained_steps * runner.examples_per_step / max(train_seconds, 1e-9), 1),
+        "train_loss": round(last[0], 4) if last else None,
+        "train_accuracy": round(last[1], 4) if last else None,
+        "train_seconds": round(clock.seconds, 2),
+        "examples_per_second": clock.examples_per_second(),
         "batch_size": runner.hp.batch_size,
         "global_batch_size": runner.examples_per_step,
         "train_examples": len(data.x_train),
