@@ -238,6 +238,7 @@ def test_retryable_failures_recreate_pods_until_backoff_limit(cluster: Cluster) 
     second = wait_for(recreated, timeout=TIMEOUT, what="the failed pod recreated")
     status = cluster.job(job)["status"]
     assert status["restarts"] == 1 and not cluster.condition(job, "Failed")
+    # a condition is only recorded once it has held: its presence shows the job went through Restarting
     assert any(c["type"] == "Restarting" for c in status["conditions"])
     cluster.wait_event(job, "PodFailed", "exited with code 137")
 

@@ -141,6 +141,20 @@ def test_exit_code_policy_recreates_a_killed_replica(tmp_path: Path) -> None:
     assert "ps-1 exited with code 137; recreating the pod (restartPolicy ExitCode)" in output
 
 
+def test_exit_code_policy_stops_recreating_at_the_backoff_limit(tmp_path: Path) -> None:
+    job = write_job(tmp_path, PS_JOB, runPolicy={"backoffLimit": 1})
+    code, output = run(tmp_path, job, {"worker-0": {"exit": 137}, "chief-0": {"slow": 30}})
+    assert code == 1, output
+    assert "BackoffLimitExceeded: 2 restarts exceed backoffLimit 1" in output
+    assert output.count("worker-0 exited with code 137; recreating the pod") == 2
+
+
+def test_suspended_job_runs_nothing(tmp_path: Path) -> None:
+    code, output = run(tmp_path, write_job(tmp_path, PS_JOB, runPolicy={"suspend": True}))
+    assert code == 0
+    assert "is suspended" in output and not (tmp_path / "out").exists()
+
+
 def test_invalid_manifest_fails_before_any_process_with_the_operators_message(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -153,7 +167,8 @@ def test_invalid_manifest_fails_before_any_process_with_the_operators_message(
     assert not (tmp_path / "out").exists()
 
 
-def test_sigint_leaves_no_process_alive(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_leaves_no_process_alive(tmp_path: Path, signum: int) -> None:
     job = write_job(tmp_path, PS_JOB)
     env = {**os.environ, "FAKE_PLAN": json.dumps({"chief-0": {"hang": True, "child": True}, "ps-0": {"hang": True}})}
     runner = subprocess.Popen(
@@ -178,10 +193,10 @@ def test_sigint_leaves_no_process_alive(tmp_path: Path) -> None:
         time.sleep(0.1)
     pids = pids_of(tmp_path / "out")
     assert len(pids) == 6
-    runner.send_signal(signal.SIGINT)
+    runner.send_signal(signum)
     output, _ = runner.communicate(timeout=30)
-    assert runner.returncode == 128 + signal.SIGINT, output
-    assert "SIGINT: stopping every replica" in output
+    assert runner.returncode == 128 + signum, output
+    assert f"{signal.Signals(signum).name}: stopping every replica" in output
     assert [pid for pid in pids if alive(pid)] == []
 
 

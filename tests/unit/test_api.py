@@ -73,3 +73,20 @@ def test_wire_form_round_trips() -> None:
     wire = spec.to_wire()
     assert wire["storage"] == {"claimName": "shared", "mountPath": "/var/lib/disttrain"}
     assert parse_spec("mnist", wire) == spec
+
+
+@pytest.mark.parametrize(
+    ("body", "role"),
+    [
+        ({"replicaSpecs": {"chief": {"restartPolicy": "Always"}, "worker": {}}}, "chief"),
+        ({"replicaSpecs": {"worker": {"replicas": 2, "restartPolicy": "Always"}}}, "worker"),
+        (
+            {"replicaSpecs": {"chief": {}, "worker": {"restartPolicy": "Always"}}, "successPolicy": "AllWorkers"},
+            "worker",
+        ),
+    ],
+)
+def test_always_is_refused_where_it_would_keep_the_job_from_succeeding(body: dict, role: str) -> None:
+    with pytest.raises(InvalidSpecError, match=rf"spec\.replicaSpecs\.{role}\.restartPolicy: Always"):
+        parse_spec("mnist", body)
+    parse_spec("mnist", {"replicaSpecs": {"chief": {}, "ps": {"restartPolicy": "Always"}, "worker": {}}})

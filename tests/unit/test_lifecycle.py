@@ -139,6 +139,7 @@ def test_stale_view_of_a_deleted_pod_is_not_counted_twice() -> None:
     first = step(spec, pods)
     again = step(spec, pods, first.status)
     assert again.status.replica_statuses["worker"].retired_restarts == 1
+    assert again.status.restarts == 1 and "PodFailed" not in reasons(again)
     assert again.delete == [(WORKER, 0)]
 
 
@@ -251,3 +252,51 @@ def test_invalid_spec_stops_pods_left_running_from_before() -> None:
     plan = fail_invalid_spec(DistTrainJobStatus(), "spec.replicaSpecs.ps: the API server rejected it", T0, pods)
     assert sorted(plan.delete) == [(CHIEF, 0), (PS, 0)]
     assert plan.status.condition("Failed").reason == "InvalidSpec"
+
+
+def test_a_recreated_pod_still_visible_is_not_counted_again() -> None:
+    spec = ps_spec(workers=1, ps=1)
+    spec.replica_specs.worker.restart_policy = "OnFailure"  # type: ignore[union-attr]
+    running = step(spec, replace(all_running(spec), pod(WORKER, 0, restarts=3))).status
+    evicted = pod(WORKER, 0, "Failed", restarts=3, reason="Evicted", uid="w0-a")
+    plan = step(spec, replace(all_running(spec), evicted), running)
+    assert plan.status.restarts == 4 and plan.delete == [(WORKER, 0)]  # 3 in place + 1 recreation
+    leaving = pod(WORKER, 0, "Failed", restarts=3, reason="Evicted", uid="w0-a", deleting=True)
+    plan = step(spec, replace(all_running(spec), leaving), plan.status)
+    assert plan.status.restarts == 4
+    assert "Restarted" not in reasons(plan) and "PodFailed" not in reasons(plan)
+
+
+def test_restarts_survive_cleanup_and_suspension() -> None:
+    spec = ps_spec(workers=1, ps=1, runPolicy={"backoffLimit": 2})
+    spec.replica_specs.worker.restart_policy = "OnFailure"  # type: ignore[union-attr]
+    pods = replace(all_running(spec), pod(WORKER, 0, restarts=3))
+    failed = step(spec, pods, step(spec, all_running(spec)).status)
+    assert failed.status.condition("Failed").reason == "BackoffLimitExceeded"
+    assert failed.status.restarts == 3 and (WORKER, 0) in failed.delete
+    after = step(spec, [], failed.status)  # the pods are gone
+    assert after.status.restarts == 3
+
+    suspended_spec = ps_spec(workers=1, ps=1, runPolicy={"suspend": True})
+    before = step(suspended_spec, [], DistTrainJobStatus())
+    live = replace(all_running(spec), pod(WORKER, 0, restarts=2))
+    running = step(ps_spec(workers=1, ps=1), live, before.status)
+    suspended = step(suspended_spec, live, running.status)
+    resumed = step(ps_spec(workers=1, ps=1), [], suspended.status)
+    assert resumed.status.restarts == 2  # suspension does not reset the restart budget
+
+
+def test_a_failed_pod_of_a_removed_role_is_deleted_not_retried() -> None:
+    spec = spec_from({"chief": {}, "worker": {"replicas": 1}})
+    pods = [*all_running(spec), pod(PS, 0, "Failed", exit_code=137)]
+    plan = step(spec, pods)
+    assert plan.delete == [(PS, 0)]
+    assert "PodFailed" not in reasons(plan) and plan.status.restarts == 0
+
+
+def test_invalid_spec_leaves_a_finished_job_alone() -> None:
+    spec = ps_spec(workers=1, ps=1)
+    done = step(spec, replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))).status
+    plan = fail_invalid_spec(done, "spec.replicaSpecs: broken", T0, all_running(spec))
+    assert plan.status.state == "Succeeded" and not plan.status.is_true("Failed")
+    assert plan.delete == [] and plan.events == []

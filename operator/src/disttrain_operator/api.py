@@ -103,8 +103,9 @@ class ReplicaSpec(Model):
     """NVIDIA GPUs per pod: sets the nvidia.com/gpu limit and tolerates the nvidia.com/gpu taint."""
     restart_policy: RestartPolicy = "ExitCode"
     """What happens when a pod of this role fails. Never: the job fails. OnFailure/Always: the kubelet
-    restarts the container in place. ExitCode: exit codes 1-127 are permanent (the job fails); 128 and
-    above (signals, OOM kill) and evictions recreate the pod. Every restart counts against backoffLimit."""
+    restarts the container in place (Always even after exit 0, so not for the replicas whose success
+    ends the job). ExitCode: exit codes 1-127 are permanent (the job fails); 128 and above (signals, OOM
+    kill) and evictions recreate the pod. Every restart counts against backoffLimit."""
     template: dict[str, Any] | None = Field(
         default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
     )
@@ -179,6 +180,24 @@ class ReplicaSpecs(Model):
 
 class DistTrainJobSpec(Model):
     """The desired TensorFlow cluster and how to run it."""
+
+    @model_validator(mode="after")
+    def _check_deciders_can_finish(self) -> DistTrainJobSpec:
+        for role in self.success_deciders():
+            if getattr(self.replica_specs, role.value).restart_policy == "Always":
+                raise ValueError(
+                    f"spec.replicaSpecs.{role.value}.restartPolicy: Always restarts the {role.value} even after "
+                    "it exits 0, so the job could never succeed; use OnFailure or ExitCode"
+                )
+        return self
+
+    def success_deciders(self) -> list[ReplicaType]:
+        """The roles whose exit 0 ends the job under its success policy."""
+        has_chief = self.replica_specs.count(ReplicaType.CHIEF) > 0
+        if self.success_policy == "AllWorkers":
+            workers = [ReplicaType.WORKER] if self.replica_specs.count(ReplicaType.WORKER) else []
+            return [ReplicaType.CHIEF, *workers] if has_chief else workers
+        return [ReplicaType.CHIEF if has_chief else ReplicaType.WORKER]
 
     image: str = DEFAULT_IMAGE
     """Default container image for every role."""
@@ -306,7 +325,7 @@ class ReplicaStatus(Model):
     restarts: int = 0
     """Container restarts plus pod recreations of this role, in total; they count against backoffLimit."""
     retired_restarts: int = 0
-    """Restarts of pods that the operator has since recreated (kept so no restart is forgotten)."""
+    """Internal bookkeeping: restarts of pods that have since been recreated or deleted."""
     summary: str = "0/0"
     """ready/desired, for `kubectl get`."""
 
@@ -334,7 +353,7 @@ class DistTrainJobStatus(Model):
     observed_generation: int | None = None
     """The metadata.generation this status describes."""
     counted_failures: list[str] = Field(default_factory=list)
-    """UIDs of failed pods already counted as restarts, so that a stale view never counts one twice."""
+    """Internal bookkeeping: UIDs of pods whose restarts are already counted (a stale view never counts twice)."""
 
     def condition(self, kind: ConditionType) -> Condition | None:
         """The condition of this type, if present."""

@@ -50,7 +50,7 @@ def _name_rules() -> list[dict[str, str]]:
         field = f"self.spec.replicaSpecs.{role.value}"
         rules.append(
             {
-                "rule": f"!has({field}) || size(self.metadata.name) + {extra} "
+                "rule": f"!has({field}) || {field}.replicas == 0 || size(self.metadata.name) + {extra} "
                 f"+ size(string({field}.replicas - 1)) <= {api.DNS_LABEL_MAX}",
                 "message": f"metadata.name is too long: pod names <name>-{role.value}-<index> must fit the "
                 f"{api.DNS_LABEL_MAX}-character DNS label limit",
@@ -74,6 +74,17 @@ REPLICA_SPECS_RULES: list[dict[str, str]] = [
     {
         "rule": "!has(self.ps) || self.ps.replicas == 0 || (has(self.worker) && self.worker.replicas > 0)",
         "message": "ps replicas need at least one worker",
+    },
+    {
+        "rule": "!has(self.chief) || self.chief.replicas == 0 || self.chief.restartPolicy != 'Always'",
+        "message": "chief.restartPolicy: Always restarts the chief even after it exits 0, so the job could never "
+        "succeed; use OnFailure or ExitCode",
+    },
+    {
+        "rule": "(has(self.chief) && self.chief.replicas > 0) || !has(self.worker) "
+        "|| self.worker.restartPolicy != 'Always'",
+        "message": "worker.restartPolicy: Always restarts worker 0 even after it exits 0, so a job without a chief "
+        "could never succeed; use OnFailure or ExitCode",
     },
 ]
 

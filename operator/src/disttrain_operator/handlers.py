@@ -50,6 +50,7 @@ class OperatorState:
     due: dict[JobKey, float] = field(default_factory=dict)  # loop.time() of the next look
     index: kopf.Index | None = None  # the pods index, as last handed to a handler
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    names_taken: set[tuple[str, str]] = field(default_factory=set)  # (job UID, child name) already reported
 
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -222,8 +223,14 @@ async def reconcile_job(state: OperatorState, key: JobKey, job_pods: kopf.Index,
             state.due.pop(key, None)
             raise
         logger.debug(
-            "reconciled %s/%s: %s, create %s, delete %s, requeue %s, delete job %s", namespace, name,
-            plan.status.state, plan.create, plan.delete, plan.requeue_after, plan.delete_job,
+            "reconciled %s/%s: %s, create %s, delete %s, requeue %s, delete job %s",
+            namespace,
+            name,
+            plan.status.state,
+            plan.create,
+            plan.delete,
+            plan.requeue_after,
+            plan.delete_job,
         )
         wait = plan.requeue_after
         if not plan.status.finished:
@@ -241,7 +248,10 @@ async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -
     results = await asyncio.gather(*(state.kube.create_or_adopt(c, uid) for c in children), return_exceptions=True)
     for child, result in zip(children, results, strict=True):
         if isinstance(result, ForeignObjectError):
-            await state.kube.post_event(job, "Warning", "NameTaken", str(result))
+            taken = (uid, child["metadata"]["name"])
+            if taken not in state.names_taken:  # retried on every pass; reported once
+                state.names_taken.add(taken)
+                await state.kube.post_event(job, "Warning", "NameTaken", str(result))
         elif isinstance(result, RejectedObjectError):
             role = child["metadata"].get("labels", {}).get(LABEL_ROLE)
             where = f"spec.replicaSpecs.{role}" if role else "spec"

@@ -154,6 +154,7 @@ def _replica_statuses(
     statuses: dict[str, ReplicaStatus] = {}
     for role, replica_spec in spec.replica_specs.items():
         mine = [o for o in observed if o.role == role]
+        live = [o for o in mine if not (o.uid and o.uid in previous.counted_failures)]
         before = previous.replica_statuses.get(role.value, ReplicaStatus())
         ready = sum(1 for o in mine if o.ready and o.phase == "Running" and not o.deleting)
         statuses[role.value] = ReplicaStatus(
@@ -163,7 +164,7 @@ def _replica_statuses(
             succeeded=sum(1 for o in mine if o.phase == "Succeeded"),
             failed=sum(1 for o in mine if o.phase == "Failed" and not o.deleting),
             retired_restarts=before.retired_restarts,
-            restarts=before.retired_restarts + sum(o.restarts for o in mine),
+            restarts=before.retired_restarts + sum(o.restarts for o in live),
             summary=f"{ready}/{replica_spec.replicas}",
         )
     return statuses
@@ -215,24 +216,40 @@ def _after_finish(b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObs
     return b.plan
 
 
+def _retire(b: _Builder, o: ReplicaObservation, recreation: bool) -> bool:
+    """Moves a pod's restarts into its role's retired count before the pod goes away (once per pod UID);
+    a recreation also counts as one restart. Returns False when the pod was counted already."""
+    role_status = b.status.replica_statuses.get(o.role.value)
+    if role_status is None or (o.uid and o.uid in b.status.counted_failures):
+        return False
+    role_status.retired_restarts += o.restarts + (1 if recreation else 0)
+    role_status.restarts += 1 if recreation else 0
+    if o.uid:
+        b.status.counted_failures = [*b.status.counted_failures, o.uid][-MAX_COUNTED_FAILURES:]
+    return True
+
+
+def _retire_deleted(b: _Builder, by_key: dict[tuple[ReplicaType, int], ReplicaObservation]) -> None:
+    """Keeps the restarts of every pod the plan deletes (clean-up, suspension, scale-down)."""
+    for key in b.plan.delete:
+        if key in by_key:
+            _retire(b, by_key[key], recreation=False)
+    b.status.restarts = sum(r.restarts for r in b.status.replica_statuses.values())
+
+
 def _count_failures(
     b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]
 ) -> ReplicaObservation | None:
     """Recreates retryable failed pods; returns the first permanent failure, if any."""
     for o in observed:
-        if o.phase != "Failed" or o.deleting:
-            continue
+        if o.phase != "Failed" or o.deleting or o.index >= spec.replica_specs.count(o.role):
+            continue  # a pod beyond the spec's replicas is removed by scale-down, not retried
         replica_spec: ReplicaSpec = getattr(spec.replica_specs, o.role.value)
         if not is_retryable(replica_spec.restart_policy, o):
             return o
         b.plan.delete.append((o.role, o.index))
-        if o.uid and o.uid in b.status.counted_failures:
+        if not _retire(b, o, recreation=True):
             continue  # already counted; a stale view still shows the pod we deleted
-        role_status = b.status.replica_statuses[o.role.value]
-        role_status.retired_restarts += 1 + o.restarts
-        role_status.restarts += 1
-        if o.uid:
-            b.status.counted_failures = [*b.status.counted_failures, o.uid][-MAX_COUNTED_FAILURES:]
         message = f"{describe_failure(o)}; recreating the pod (restartPolicy {replica_spec.restart_policy})"
         b.event("Warning", "PodFailed", message)
         b.set_condition("Restarting", True, "PodRestarting", message)
@@ -248,13 +265,24 @@ def reconcile(
 ) -> Plan:
     """Decides the job's next status and actions from the replicas observed now."""
     b = _Builder(previous, now)
-    status = b.status
-    status.observed_generation = generation if generation is not None else status.observed_generation
+    b.status.observed_generation = generation if generation is not None else b.status.observed_generation
     observed = sorted(observed, key=lambda o: (o.role.value, o.index))
     by_key = {(o.role, o.index): o for o in observed}
-    status.replica_statuses = _replica_statuses(spec, observed, previous)
-    status.restarts = sum(r.restarts for r in status.replica_statuses.values())
+    b.status.replica_statuses = _replica_statuses(spec, observed, previous)
+    b.status.restarts = sum(r.restarts for r in b.status.replica_statuses.values())
+    plan = _decide(b, spec, observed, previous, by_key)
+    _retire_deleted(b, by_key)
+    return plan
 
+
+def _decide(
+    b: _Builder,
+    spec: DistTrainJobSpec,
+    observed: list[ReplicaObservation],
+    previous: DistTrainJobStatus,
+    by_key: dict[tuple[ReplicaType, int], ReplicaObservation],
+) -> Plan:
+    status, now = b.status, b.now
     if status.finished:
         return _after_finish(b, spec, observed)
 
@@ -353,8 +381,9 @@ def fail_invalid_spec(
     invalid spec's own cleanPodPolicy cannot be trusted.
     """
     b = _Builder(previous, now)
-    if not b.status.is_true("Failed"):
-        b.finish(False, "InvalidSpec", message)
+    if previous.finished:
+        return b.plan  # a finished job keeps its outcome and its pods
+    b.finish(False, "InvalidSpec", message)
     b.plan.delete = cleanup_targets("Running", observed or [])
     b.status.state = _state(b.status)
     return b.plan

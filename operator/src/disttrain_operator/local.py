@@ -10,6 +10,8 @@ stops whole process groups when the plan deletes a "pod" or the user presses Ctr
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import itertools
 import json
 import os
 import re
@@ -41,11 +43,16 @@ FINAL_PREFIX = "final "
 TAIL_LINES = 8
 
 
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct TCP ports on 127.0.0.1 that nothing listens on right now.
+
+    All sockets stay bound until every port is chosen, so no two replicas get the same one.
+    """
+    with contextlib.ExitStack() as stack:
+        sockets = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
@@ -105,6 +112,7 @@ class LocalReplica:
     restarts: int = 0
     exit_code: int | None = None
     restart_at: float | None = None
+    swept: bool = False
     reader: threading.Thread | None = field(default=None, repr=False)
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES), repr=False)
 
@@ -141,9 +149,11 @@ class LocalJob:
         self.status = api.DistTrainJobStatus()
         self.final_metrics: dict[str, Any] | None = None
         self.stop_signal: int | None = None
-        ports = {(role, i): free_port() for role, rs in spec.replica_specs.items() for i in range(rs.replicas)}
+        keys = [(role, i) for role, rs in spec.replica_specs.items() for i in range(rs.replicas)]
+        ports = dict(zip(keys, free_ports(len(keys)), strict=True))
         self.cluster = tfconfig.cluster_spec(spec, lambda role, index: f"127.0.0.1:{ports[(role, index)]}")
         self.replicas: dict[tuple[ReplicaType, int], LocalReplica] = {}
+        self.attempts = itertools.count(1)  # one sequence for the job: every process gets its own "pod UID"
         has_chief = spec.replica_specs.count(ReplicaType.CHIEF) > 0
         self.reporter = (ReplicaType.CHIEF if has_chief else ReplicaType.WORKER, 0)
 
@@ -187,8 +197,9 @@ class LocalJob:
         return LocalReplica(role, index, [*command, *args], env, role_spec.restart_policy)
 
     def start(self, replica: LocalReplica) -> None:
-        replica.attempt += 1
+        replica.attempt = next(self.attempts)
         replica.exit_code = None
+        replica.swept = False
         replica.restart_at = None
         replica.process = subprocess.Popen(
             replica.argv,
@@ -216,6 +227,7 @@ class LocalJob:
         if replica.process is None or replica.exit_code is not None or replica.process.poll() is None:
             return
         replica.exit_code = exit_code_of(replica.process.returncode)
+        self._sweep(replica)
         if replica.reader is not None:
             replica.reader.join(timeout=2)
         in_place = replica.restart_policy == "Always" or (
@@ -237,9 +249,16 @@ class LocalJob:
             except subprocess.TimeoutExpired:
                 _signal_group(process.pid, signal.SIGKILL)
                 process.wait()
-        _signal_group(process.pid, signal.SIGKILL)  # children left behind in its group
+        self._sweep(replica)
         if replica.exit_code is None:
             replica.exit_code = exit_code_of(process.returncode)
+
+    @staticmethod
+    def _sweep(replica: LocalReplica) -> None:
+        """Kills what the exited process left in its group, once: later its PID may belong to another."""
+        if replica.process is not None and not replica.swept:
+            _signal_group(replica.process.pid, signal.SIGKILL)
+            replica.swept = True
 
     def stop_all(self, grace: float = TERM_GRACE_SECONDS) -> None:
         alive = [r for r in self.replicas.values() if r.process is not None and r.process.poll() is None]
@@ -282,8 +301,10 @@ class LocalJob:
     def _wait_for_self_exit(self) -> None:
         """After the outcome, gives servers a moment to exit by themselves, then stops the rest."""
         deadline = time.monotonic() + SELF_EXIT_GRACE_SECONDS
-        while time.monotonic() < deadline and any(
-            r.process is not None and r.process.poll() is None for r in self.replicas.values()
+        while (
+            time.monotonic() < deadline
+            and self.stop_signal is None
+            and any(r.process is not None and r.process.poll() is None for r in self.replicas.values())
         ):
             time.sleep(POLL_SECONDS)
         for replica in self.replicas.values():
@@ -309,11 +330,12 @@ class LocalJob:
                 if self.status.finished:
                     break
                 time.sleep(POLL_SECONDS)
+            if self.stop_signal is None:
+                self._wait_for_self_exit()
             if self.stop_signal is not None:
                 self.say(f"[disttrain] {signal.Signals(self.stop_signal).name}: stopping every replica")
                 self.stop_all()
                 return 128 + self.stop_signal
-            self._wait_for_self_exit()
         finally:
             self.stop_all(grace=1)
             for signum, handler in previous.items():
@@ -358,13 +380,17 @@ def _read_json(path: Path) -> dict[str, Any] | None:
         return None
 
 
-def _die_with_parent() -> None:
-    """In the child before exec: ask Linux to SIGKILL it if this runner dies, so nothing is orphaned."""
-    if sys.platform.startswith("linux"):
-        import ctypes
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+_PR_SET_PDEATHSIG = 1
 
-        pr_set_pdeathsig = 1
-        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+def _die_with_parent() -> None:
+    """In the child before exec: ask Linux to SIGKILL it if this runner dies, so nothing is orphaned.
+
+    (prctl is looked up in the parent: nothing is imported or loaded between fork and exec.)
+    """
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _signal_group(pid: int, signum: int) -> None:
@@ -413,6 +439,9 @@ def run_manifest(
         return 2
     if output_dir is None:
         output_dir = Path("runs") / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    if spec.run_policy.suspend:
+        print(f"disttrain: job {name} is suspended (spec.runPolicy.suspend: true): nothing to run", file=out)
+        return 0
     job = LocalJob(name, spec, output_dir.resolve(), trainer.split() if trainer else default_trainer(), out, quiet)
     roles = ", ".join(f"{rs.replicas} {role.value}" for role, rs in spec.replica_specs.items() if rs.replicas)
     job.say(f"[disttrain] running job {name} locally: {roles}; outputs in {job.output_dir}")
