@@ -187,3 +187,20 @@ def test_restarted_chief_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     resumed = [line for line in outputs[1].splitlines() if line.startswith("progress ")]
     assert resumed[0].startswith("progress step=30/40 ")  # continued after step 20, not from 0
     assert final_metrics(outputs[1])["steps"] == 40
+
+
+@pytest.mark.slow
+def test_steps_per_dispatch_runs_exactly_the_step_budget(tmp_path: Path) -> None:
+    """23 steps in logging chunks of 10 and closures of up to 5: 5+5, 5+5, 3."""
+    cluster = local_cluster(chief=1, ps=1, worker=1)
+    args = ["--synthetic", "--max-steps", "23", "--log-every", "10", "--steps-per-dispatch", "5"]
+    running = start_cluster(cluster, [*args, "--output-dir", str(tmp_path / "out")], tmp_path / "logs")
+    try:
+        codes = running.wait(240)
+    finally:
+        running.stop()
+    chief = running.task("chief")
+    assert codes["chief-0"] == 0, chief.stderr.read_text()[-2000:]
+    assert final_metrics(chief.output())["steps"] == 23
+    progress = [line.split()[1] for line in chief.output().splitlines() if line.startswith("progress ")]
+    assert progress == ["step=10/23", "step=20/23", "step=23/23"]

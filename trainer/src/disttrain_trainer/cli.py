@@ -23,6 +23,7 @@ log = logging.getLogger("disttrain_trainer")
 DEFAULT_STEPS = 1000
 DEFAULT_BATCH = 128
 DEFAULT_LR = 0.05
+DEFAULT_STEPS_PER_DISPATCH = 5
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="ps/worker/evaluator: seconds the chief may be away (e.g. restarting from its checkpoint) before they end",
     )
     p.add_argument("--threads", type=int, default=0, help="TensorFlow threads per process (0: CPUs available)")
+    p.add_argument(
+        "--steps-per-dispatch",
+        type=int,
+        default=DEFAULT_STEPS_PER_DISPATCH,
+        help="parameter-server mode: steps a worker runs per closure the chief sends (amortizes the dispatch)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--verbose", action="store_true", help="also show TensorFlow's INFO logs")
     return p
@@ -153,6 +160,7 @@ def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, da
         optimizer=args.optimizer,
         seed=args.seed,
         loss_scale=STATIC_LOSS_SCALE if float16 else 1.0,
+        steps_per_dispatch=args.steps_per_dispatch,
     )
     max_steps = args.max_steps if args.max_steps or args.epochs else DEFAULT_STEPS
     budget = Budget(max_steps, args.epochs, max(1, args.log_every), args.checkpoint_every)

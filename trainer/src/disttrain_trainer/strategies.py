@@ -33,6 +33,7 @@ class HParams:
     optimizer: str
     seed: int = 0
     loss_scale: float = 1.0
+    steps_per_dispatch: int = 1
 
 
 class Runner:
@@ -139,18 +140,33 @@ class ParameterServerRunner(Runner):
             return strategy.distribute_datasets_from_function(dataset_fn)
 
         self._iterator = iter(self.coordinator.create_per_worker_dataset(per_worker_dataset))
-        self._step_fn = tf.function(self._worker_step)
+        self._steps_fn = tf.function(self._worker_steps)
 
-    def _worker_step(self, iterator: tf.distribute.DistributedIterator) -> tuple[tf.Tensor, tf.Tensor]:
-        images, labels = next(iterator)
-        return self.strategy.run(self.replica_step, args=(images, labels))
+    def _worker_steps(self, iterator: tf.distribute.DistributedIterator, count: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        """`count` consecutive steps on one worker, each reading the current parameters and pushing its
+        update (Downpour's n_fetch = n_push = 1); one dispatch from the chief pays for all of them."""
+        total_loss, total_accuracy = tf.constant(0.0), tf.constant(0.0)
+        for _ in tf.range(count):
+            images, labels = next(iterator)
+            loss, accuracy = self.strategy.run(self.replica_step, args=(images, labels))
+            total_loss += loss
+            total_accuracy += accuracy
+        steps = tf.cast(count, tf.float32)
+        return total_loss / steps, total_accuracy / steps
 
     def run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """Schedule `steps` asynchronous steps, wait for them (failed ones are retried), fetch results."""
-        pending = [self.coordinator.schedule(self._step_fn, args=(self._iterator,)) for _ in range(steps)]
+        """Schedule `steps` asynchronous steps in closures of `steps_per_dispatch`, wait for them (failed
+        closures are retried), and return per-step losses and accuracies (each closure's mean, repeated)."""
+        per = max(1, self.hp.steps_per_dispatch)
+        sizes = [per] * (steps // per) + ([steps % per] if steps % per else [])
+        pending = [
+            self.coordinator.schedule(self._steps_fn, args=(self._iterator, tf.constant(size))) for size in sizes
+        ]
         self.coordinator.join()
         values = [r.fetch() for r in pending]
-        return np.array([float(v[0]) for v in values]), np.array([float(v[1]) for v in values])
+        losses = np.repeat([float(v[0]) for v in values], sizes)
+        accuracies = np.repeat([float(v[1]) for v in values], sizes)
+        return losses, accuracies
 
 
 def cluster_resolver(config: ClusterConfig) -> tf.distribute.cluster_resolver.ClusterResolver:
