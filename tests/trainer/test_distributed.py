@@ -204,3 +204,25 @@ def test_steps_per_dispatch_runs_exactly_the_step_budget(tmp_path: Path) -> None
     assert final_metrics(chief.output())["steps"] == 23
     progress = [line.split()[1] for line in chief.output().splitlines() if line.startswith("progress ")]
     assert progress == ["step=10/23", "step=20/23", "step=23/23"]
+
+
+@pytest.mark.slow
+def test_chief_started_first_waits_for_its_peers_then_trains(tmp_path: Path) -> None:
+    """Pods start in any order: a chief alone logs who is missing, then trains once they come up."""
+    cluster = local_cluster(chief=1, ps=1, worker=1)
+    args = ["--synthetic", "--max-steps", "20", "--log-every", "10", "--output-dir", str(tmp_path / "out")]
+    chief = start_task(cluster, "chief", 0, args, tmp_path / "logs")
+    servers = []
+    try:
+        deadline = time.monotonic() + 60
+        while "waiting for 2 peer(s)" not in chief.stderr.read_text(errors="replace"):
+            assert chief.process.poll() is None and time.monotonic() < deadline, chief.stderr.read_text()[-2000:]
+            time.sleep(0.2)
+        servers = [start_task(cluster, job, 0, args, tmp_path / "logs") for job in ("ps", "worker")]
+        assert chief.process.wait(180) == 0, chief.stderr.read_text()[-2000:]
+        assert final_metrics(chief.output())["steps"] == 20
+        assert [server.process.wait(60) for server in servers] == [0, 0]
+    finally:
+        for task in (chief, *servers):
+            if task.process.poll() is None:
+                task.process.kill()
