@@ -228,6 +228,7 @@ def test_retryable_failures_recreate_pods_until_backoff_limit(cluster: Cluster) 
     pod = f"{job}-worker-0"
     cluster.create_job(job, {"worker": {"replicas": 1}}, runPolicy={"backoffLimit": 1})
     first = cluster.wait_pods(job, {pod}, phase="Running")[pod]["metadata"]["uid"]
+    cluster.core.delete_namespaced_service(job, cluster.ns)  # lost while running: back with the new pod
     cluster.drive(pod, ANNOTATION_FAIL_EXIT_CODE, "137")
 
     def recreated() -> str | None:
@@ -238,6 +239,8 @@ def test_retryable_failures_recreate_pods_until_backoff_limit(cluster: Cluster) 
     second = wait_for(recreated, timeout=TIMEOUT, what="the failed pod recreated")
     status = cluster.job(job)["status"]
     assert status["restarts"] == 1 and not cluster.condition(job, "Failed")
+    service = cluster.core.read_namespaced_service(job, cluster.ns)
+    assert service.spec.cluster_ip == "None" and service.metadata.owner_references[0].name == job
     # a condition is only recorded once it has held: its presence shows the job went through Restarting
     assert any(c["type"] == "Restarting" for c in status["conditions"])
     cluster.wait_event(job, "PodFailed", "exited with code 137")

@@ -276,7 +276,10 @@ async def apply_plan(state: OperatorState, job: Obj, spec: DistTrainJobSpec | No
     for role, index in plan.delete:
         await state.kube.delete_pod(namespace, pod_name(name, role, index))
     if spec is not None and plan.create:
-        await create_children(state, job, [build_pod(name, namespace, uid, spec, role, i) for role, i in plan.create])
+        # The Service goes with every batch of new pods (adopted when it exists): a Service deleted while the
+        # job runs is back before any replacement pod needs its DNS name.
+        pods = [build_pod(name, namespace, uid, spec, role, i) for role, i in plan.create]
+        await create_children(state, job, [build_service(name, namespace, uid, spec), *pods])
     if plan.delete_job:
         await state.kube.delete_job(namespace, name)
     return stored
