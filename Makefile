@@ -8,7 +8,7 @@ export MNIST_DIR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/da
 .PHONY: help venv demo test test-unit lint control-plane cluster-up cluster-down crd crd-files api-docs bench kind-e2e clean
 
 help: ## List the targets
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
 
 venv: ## Create .venv with the operator, the trainer (TensorFlow CPU) and test tools
 	@bash hack/venv.sh
