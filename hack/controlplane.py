@@ -86,6 +86,61 @@ _STATUS_RUNNING_FAILED_COMMON = """
       podIP: {{ PodIPWith .spec.nodeName ( or .spec.hostNetwork false ) ( or .metadata.uid "" ) ( or .metadata.name "" ) ( or .metadata.namespace "" ) | Quote }}
 """  # noqa: E501
 
+
+def _terminal_stage(
+    name: str,
+    selectors: tuple[str, ...],
+    phase: str,
+    condition_reason: str,
+    exit_code: str,
+    reason: str,
+    preamble: str = "",
+    message: str | None = None,
+) -> str:
+    """A kwok Stage that ends a Running pod (after the optional delay annotation): every container
+    terminated with `exit_code`, the pod in `phase`. `selectors` pick the pods, by annotation."""
+    extra = "".join(f"\n    {selector}" for selector in selectors)
+    message_line = f"\n            message: {message}" if message else ""
+    return f"""---
+apiVersion: kwok.x-k8s.io/v1alpha1
+kind: Stage
+metadata:
+  name: {name}
+spec:
+  resourceRef: {{apiGroup: v1, kind: Pod}}
+  selector:
+    matchExpressions:
+    - {{key: '.metadata.deletionTimestamp', operator: DoesNotExist}}
+    - {{key: '.status.phase', operator: In, values: [Running]}}{extra}
+  delay:
+    durationMilliseconds: 0
+    durationFrom:
+      expressionFrom: '.metadata.annotations["{ANNOTATION_DELAY}"]'
+  next:
+    statusTemplate: |
+      {{{{ $now := Now }}}}
+      {preamble}conditions:
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "True", type: Initialized}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "False", type: Ready, reason: {condition_reason}}}
+      - {{lastTransitionTime: {{{{ $now | Quote }}}}, status: "False", type: ContainersReady, reason: {condition_reason}}}
+      containerStatuses:
+      {{{{ range .spec.containers }}}}
+      - image: {{{{ .image | Quote }}}}
+        name: {{{{ .name | Quote }}}}
+        ready: false
+        started: false
+        restartCount: 0
+        state:
+          terminated:
+            exitCode: {exit_code}
+            reason: {reason}{message_line}
+            startedAt: {{{{ or $.status.startTime $now | Quote }}}}
+            finishedAt: {{{{ $now | Quote }}}}
+      {{{{ end }}}}
+      phase: {phase}
+"""  # noqa: E501  (YAML lines; braces doubled for kwok's Go templates)
+
+
 KWOK_STAGES = (
     """\
 apiVersion: kwok.x-k8s.io/v1alpha1
@@ -133,85 +188,29 @@ spec:
     + """\
       phase: Running
       startTime: {{ $now | Quote }}
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: disttrain-pod-complete
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - {key: '.metadata.deletionTimestamp', operator: DoesNotExist}
-    - {key: '.status.phase', operator: In, values: [Running]}
-    - {key: '.metadata.annotations["kwok.disttrain.io/complete"]', operator: In, values: ['true']}
-    - {key: '.metadata.annotations["kwok.disttrain.io/fail-exit-code"]', operator: DoesNotExist}
-  delay:
-    durationMilliseconds: 0
-    durationFrom:
-      expressionFrom: '.metadata.annotations["kwok.disttrain.io/delay"]'
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      conditions:
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: PodCompleted}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "False", type: ContainersReady, reason: PodCompleted}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
-        ready: false
-        started: false
-        restartCount: 0
-        state:
-          terminated:
-            exitCode: 0
-            reason: Completed
-            startedAt: {{ or $.status.startTime $now | Quote }}
-            finishedAt: {{ $now | Quote }}
-      {{ end }}
-      phase: Succeeded
----
-apiVersion: kwok.x-k8s.io/v1alpha1
-kind: Stage
-metadata:
-  name: disttrain-pod-fail
-spec:
-  resourceRef: {apiGroup: v1, kind: Pod}
-  selector:
-    matchExpressions:
-    - {key: '.metadata.deletionTimestamp', operator: DoesNotExist}
-    - {key: '.status.phase', operator: In, values: [Running]}
-    - {key: '.metadata.annotations["kwok.disttrain.io/fail-exit-code"]', operator: Exists}
-  delay:
-    durationMilliseconds: 0
-    durationFrom:
-      expressionFrom: '.metadata.annotations["kwok.disttrain.io/delay"]'
-  next:
-    statusTemplate: |
-      {{ $now := Now }}
-      {{ $code := index .metadata.annotations "kwok.disttrain.io/fail-exit-code" }}
-      conditions:
-      - {lastTransitionTime: {{ $now | Quote }}, status: "True", type: Initialized}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "False", type: Ready, reason: PodFailed}
-      - {lastTransitionTime: {{ $now | Quote }}, status: "False", type: ContainersReady, reason: PodFailed}
-      containerStatuses:
-      {{ range .spec.containers }}
-      - image: {{ .image | Quote }}
-        name: {{ .name | Quote }}
-        ready: false
-        started: false
-        restartCount: 0
-        state:
-          terminated:
-            exitCode: {{ $code }}
-            reason: Error
-            message: {{ printf "exit code %v (kwok.disttrain.io/fail-exit-code)" $code | Quote }}
-            startedAt: {{ or $.status.startTime $now | Quote }}
-            finishedAt: {{ $now | Quote }}
-      {{ end }}
-      phase: Failed
+"""
+    + _terminal_stage(
+        "disttrain-pod-complete",
+        selectors=(
+            f"""- {{key: '.metadata.annotations[\"{ANNOTATION_COMPLETE}\"]', operator: In, values: ['true']}}""",
+            f"""- {{key: '.metadata.annotations[\"{ANNOTATION_FAIL_EXIT_CODE}\"]', operator: DoesNotExist}}""",
+        ),
+        phase="Succeeded",
+        condition_reason="PodCompleted",
+        exit_code="0",
+        reason="Completed",
+    )
+    + _terminal_stage(
+        "disttrain-pod-fail",
+        selectors=(f"""- {{key: '.metadata.annotations[\"{ANNOTATION_FAIL_EXIT_CODE}\"]', operator: Exists}}""",),
+        phase="Failed",
+        condition_reason="PodFailed",
+        exit_code="{{ $code }}",
+        reason="Error",
+        preamble=f'{{{{ $code := index .metadata.annotations "{ANNOTATION_FAIL_EXIT_CODE}" }}}}\n      ',
+        message=f'{{{{ printf "exit code %v ({ANNOTATION_FAIL_EXIT_CODE})" $code | Quote }}}}',
+    )
+    + """\
 ---
 apiVersion: kwok.x-k8s.io/v1alpha1
 kind: Stage
