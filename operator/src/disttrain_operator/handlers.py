@@ -211,10 +211,8 @@ async def reconcile_job(state: OperatorState, key: JobKey, job_pods: kopf.Index,
         try:
             spec = parse_spec(name, job.get("spec") or {})
             previous = DistTrainJobStatus.model_validate(stored)
-            if ensure_service and not previous.finished:
-                await create_children(state, job, [build_service(name, namespace, uid, spec)])
             plan = reconcile(spec, observed_pods(job_pods, key, uid), previous, now, job["metadata"].get("generation"))
-            stored = await apply_plan(state, job, spec, plan, stored)
+            stored = await apply_plan(state, job, spec, plan, stored, ensure_service)
         except InvalidSpecError as error:
             failed = fail_invalid_spec(
                 DistTrainJobStatus.model_validate(stored), str(error), now, observed_pods(job_pods, key, uid)
@@ -260,10 +258,19 @@ async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -
             raise result
 
 
-async def apply_plan(state: OperatorState, job: Obj, spec: DistTrainJobSpec | None, plan: Plan, stored: Obj) -> Obj:
-    """Status first (so restarts are never lost), events, pod deletions and creations, TTL deletion.
+async def apply_plan(
+    state: OperatorState,
+    job: Obj,
+    spec: DistTrainJobSpec | None,
+    plan: Plan,
+    stored: Obj,
+    ensure_service: bool = False,
+) -> Obj:
+    """Status first (so restarts are never lost), events, pod deletions, the Service and pod creations, TTL.
 
-    Returns the job's status as now stored.
+    The Service is created (or adopted) with every batch of new pods, so one deleted while the job runs is
+    back before a replacement pod needs its DNS name, and on `ensure_service` (job created, changed or
+    resumed) while the job is unfinished. Returns the job's status as now stored.
     """
     meta = job["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -275,9 +282,7 @@ async def apply_plan(state: OperatorState, job: Obj, spec: DistTrainJobSpec | No
         await state.kube.post_event(job, event.type, event.reason, event.message)
     for role, index in plan.delete:
         await state.kube.delete_pod(namespace, pod_name(name, role, index))
-    if spec is not None and plan.create:
-        # The Service goes with every batch of new pods (adopted when it exists): a Service deleted while the
-        # job runs is back before any replacement pod needs its DNS name.
+    if spec is not None and (plan.create or (ensure_service and not plan.status.finished)):
         pods = [build_pod(name, namespace, uid, spec, role, i) for role, i in plan.create]
         await create_children(state, job, [build_service(name, namespace, uid, spec), *pods])
     if plan.delete_job:
