@@ -41,6 +41,7 @@ TERM_GRACE_SECONDS = 5.0
 PROGRESS_PATTERN = re.compile(r"^progress\s+(?P<fields>.*)$")
 FINAL_PREFIX = "final "
 TAIL_LINES = 8
+READER_DRAIN_SECONDS = 10.0  # the pipe closes once the process group is gone; this bounds a stray holder
 
 
 def free_ports(count: int) -> list[int]:
@@ -228,8 +229,6 @@ class LocalJob:
             return
         replica.exit_code = exit_code_of(replica.process.returncode)
         self._sweep(replica)
-        if replica.reader is not None:
-            replica.reader.join(timeout=2)
         in_place = replica.restart_policy == "Always" or (
             replica.restart_policy == "OnFailure" and replica.exit_code != 0
         )
@@ -255,10 +254,13 @@ class LocalJob:
 
     @staticmethod
     def _sweep(replica: LocalReplica) -> None:
-        """Kills what the exited process left in its group, once: later its PID may belong to another."""
+        """Kills what the exited process left in its group, once (later its PID may belong to another), then
+        lets its log reader drain the pipe, so no line it printed is missing from the output."""
         if replica.process is not None and not replica.swept:
             _signal_group(replica.process.pid, signal.SIGKILL)
             replica.swept = True
+        if replica.reader is not None:
+            replica.reader.join(timeout=READER_DRAIN_SECONDS)
 
     def stop_all(self, grace: float = TERM_GRACE_SECONDS) -> None:
         alive = [r for r in self.replicas.values() if r.process is not None and r.process.poll() is None]
