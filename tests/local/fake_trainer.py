@@ -2,7 +2,8 @@
 
 It reads TF_CONFIG like the real trainer. FAKE_PLAN (JSON) says what each replica does, keyed by
 `<role>-<index>`: {"exit": code, "after": seconds, "fail_times": n, "hang": true, "child": true,
-"slow": seconds before the chief trains}.
+"slow": seconds before the chief trains,
+"linger": seconds a ps or worker takes to exit once the chief is done}.
 Every process writes its PID (and its child's) under $DISTTRAIN_OUTPUT_DIR/pids/. The chief prints
 progress lines, a `final` line and writes chief.done; ps and workers exit 0 once that file appears.
 """
@@ -18,6 +19,13 @@ import time
 from pathlib import Path
 
 
+def write_atomically(path: Path, text: str) -> None:
+    """Writes a file that readers never see empty (a test polls these while they are written)."""
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_text(text)
+    os.replace(partial, path)
+
+
 def main() -> int:
     config = json.loads(os.environ["TF_CONFIG"])
     name = f"{config['task']['type']}-{config['task']['index']}"
@@ -25,10 +33,10 @@ def main() -> int:
     plan = json.loads(os.environ.get("FAKE_PLAN", "{}")).get(name, {})
     pids = out / "pids"
     pids.mkdir(parents=True, exist_ok=True)
-    (pids / f"{name}-{os.getpid()}").write_text(str(os.getpid()))
+    write_atomically(pids / f"{name}-{os.getpid()}", str(os.getpid()))
     if plan.get("child"):
         child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
-        (pids / f"{name}-child-{child.pid}").write_text(str(child.pid))
+        write_atomically(pids / f"{name}-child-{child.pid}", str(child.pid))
     if plan.get("hang"):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         print(f"{name} hanging", flush=True)
@@ -53,6 +61,7 @@ def main() -> int:
     deadline = time.monotonic() + 120
     while not (out / "chief.done").exists() and time.monotonic() < deadline:
         time.sleep(0.1)
+    time.sleep(plan.get("linger", 0))
     print(f"{name} exiting: the chief is done", flush=True)
     return 0
 

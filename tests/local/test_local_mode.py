@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from disttrain_operator import local
 from disttrain_operator.api import InvalidSpecError, parse_spec
 from disttrain_operator.local import format_progress, parse_progress, run_manifest
 
@@ -48,7 +49,8 @@ def run(tmp_path: Path, job: Path, plan: dict[str, Any] | None = None, quiet: bo
 
 def pids_of(output: Path) -> list[int]:
     folder = output / "pids"
-    return [int(p.read_text()) for p in folder.iterdir()] if folder.exists() else []
+    # the fake trainer writes each file under a dot name first, then renames it
+    return [int(p.read_text()) for p in folder.iterdir() if not p.name.startswith(".")] if folder.exists() else []
 
 
 def alive(pid: int) -> bool:
@@ -62,7 +64,8 @@ def alive(pid: int) -> bool:
 
 
 def test_parameter_server_job_succeeds_and_every_server_exits(tmp_path: Path) -> None:
-    code, output = run(tmp_path, write_job(tmp_path, PS_JOB))
+    # ps-1 is slow to notice the chief is done: the outcome must not cut it short
+    code, output = run(tmp_path, write_job(tmp_path, PS_JOB), {"ps-1": {"linger": 2}})
     assert code == 0, output
     assert "job fake: Succeeded" in output
     assert "accuracy:    98.00% (held out)" in output
@@ -71,6 +74,16 @@ def test_parameter_server_job_succeeds_and_every_server_exits(tmp_path: Path) ->
         assert f"{name} exiting: the chief is done" in output
     assert "still running after the job finished" not in output
     assert len(pids_of(tmp_path / "out")) == 5
+    assert not [pid for pid in pids_of(tmp_path / "out") if alive(pid)]
+
+
+def test_a_server_still_running_after_success_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(local, "SELF_EXIT_GRACE_SECONDS", 1.0)
+    code, output = run(tmp_path, write_job(tmp_path, PS_JOB), {"ps-0": {"hang": True}})  # ignores SIGTERM too
+    assert code == 0, output
+    assert "job fake: Succeeded" in output
+    assert "stopping ps-0: still running after the job finished" in output
+    assert "ps-1 exiting: the chief is done" in output
     assert not [pid for pid in pids_of(tmp_path / "out") if alive(pid)]
 
 

@@ -280,6 +280,8 @@ class LocalJob:
             self.say(f"[disttrain] {event.type} {event.reason}: {event.message}")
             if event.reason == "PodFailed" and self.quiet:
                 self._show_tail(event.message.split(" ", 1)[0])
+        if self.status.is_true("Succeeded"):
+            return  # clean-up waits: servers first get a grace to exit by themselves (_wait_for_self_exit)
         for key in plan.delete:
             replica = self.replicas.pop(key, None)
             if replica is not None:
