@@ -303,8 +303,10 @@ class LocalJob:
                     self.say(f"{replica.name:>11} | {line}")
 
     def _wait_for_self_exit(self) -> None:
-        """After the outcome, gives servers a moment to exit by themselves, then stops the rest."""
-        deadline = time.monotonic() + SELF_EXIT_GRACE_SECONDS
+        """After success, gives servers a moment to exit by themselves; then (at once after a failure, which
+        nothing ends by itself) stops the rest."""
+        grace = SELF_EXIT_GRACE_SECONDS if self.status.is_true("Succeeded") else 0.0
+        deadline = time.monotonic() + grace
         while (
             time.monotonic() < deadline
             and self.stop_signal is None
