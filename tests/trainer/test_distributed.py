@@ -177,6 +177,33 @@ def test_servers_exit_on_sigterm_and_when_the_chief_is_gone(tmp_path: Path) -> N
                     task.process.kill()
 
 
+def test_every_live_server_gets_its_token_though_a_peer_is_gone(tmp_path: Path) -> None:
+    """Tokens must not wait on other tasks: servers exit as theirs arrive, and a chief may be half gone."""
+    from disttrain_trainer.cluster import ClusterConfig
+    from disttrain_trainer.servers import send_shutdown
+
+    with socket.socket() as fake_chief:  # an open port, not a TensorFlow server
+        fake_chief.bind(("127.0.0.1", 0))
+        fake_chief.listen()
+        cluster = local_cluster(chief=0, ps=2, worker=1)
+        cluster["chief"] = [f"127.0.0.1:{fake_chief.getsockname()[1]}"]
+        tasks = [start_task(cluster, job, index, [], tmp_path) for job, index in (("ps", 0), ("ps", 1), ("worker", 0))]
+        try:
+            for task in tasks:
+                wait_for_line(task.stdout, "serving ", timeout=60)
+            gone, *alive = tasks
+            gone.process.kill()
+            gone.process.wait(10)
+            send_shutdown(ClusterConfig(cluster, "chief", 0))
+            for task in alive:
+                assert task.process.wait(15) == 0, task.stderr.read_text()[-2000:]
+                assert "shutdown token received" in task.stderr.read_text()
+        finally:
+            for task in tasks:
+                if task.process.poll() is None:
+                    task.process.kill()
+
+
 def test_restarted_chief_resumes_from_its_checkpoint(tmp_path: Path) -> None:
     args = ["--synthetic", "--output-dir", str(tmp_path / "out"), "--log-every", "10", "--batch-size", "32"]
     outputs = []

@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_QUEUE = "disttrain_shutdown"
 SEND_TIMEOUT = 5.0
+TOKEN_EXIT_DELAY = 1.0  # lets the chief's call that delivered the token return before this server goes
 
 
 class ChiefWatcher:
@@ -72,7 +73,7 @@ def _wait_for_token(server: tf.distribute.Server, device: str, done: threading.E
             with tf.device(device):
                 queue = tf.queue.FIFOQueue(8, tf.int32, shared_name=SHUTDOWN_QUEUE, name=SHUTDOWN_QUEUE)
                 dequeue = queue.dequeue()
-            with tf.compat.v1.Session(server.target) as session:
+            with tf.compat.v1.Session(server.target, config=_only(device)) as session:
                 session.run(dequeue)
         log.info("shutdown token received")
         done.set()
@@ -105,8 +106,17 @@ def serve(config: ClusterConfig, threads: int, grace: float, never_seen_timeout:
         if state == "never-started":
             print(f"disttrain-trainer: error: chief {chief} never came up", file=sys.stderr, flush=True)
             return 1
+    else:
+        time.sleep(TOKEN_EXIT_DELAY)
     print(f"{config.task_type}:{config.task_index} done", flush=True)
     return 0
+
+
+def _only(device: str) -> tf.compat.v1.ConfigProto:
+    """A session config that looks at one task's devices only. Without the filter the task's master lists the
+    devices of every task in the cluster first, and waits for any that is down: a server that has just
+    exited on its own token would stall the token to the next one."""
+    return tf.compat.v1.ConfigProto(device_filters=[device])
 
 
 def send_shutdown(config: ClusterConfig) -> None:
@@ -122,10 +132,12 @@ def send_shutdown(config: ClusterConfig) -> None:
 
 def _send_token(config: ClusterConfig, job: str, index: int) -> None:
     """A graph session straight to the task's own server, so the queue's shared name matches."""
-    options = tf.compat.v1.ConfigProto(operation_timeout_in_ms=int(SEND_TIMEOUT * 1000))
+    device = f"/job:{job}/replica:0/task:{index}"
+    options = _only(device)
+    options.operation_timeout_in_ms = int(SEND_TIMEOUT * 1000)
     try:
         with tf.Graph().as_default():
-            with tf.device(f"/job:{job}/replica:0/task:{index}"):
+            with tf.device(device):
                 queue = tf.queue.FIFOQueue(8, tf.int32, shared_name=SHUTDOWN_QUEUE, name=SHUTDOWN_QUEUE)
                 enqueue = queue.enqueue(1)
             with tf.compat.v1.Session(f"grpc://{config.cluster[job][index]}", config=options) as session:
