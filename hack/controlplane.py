@@ -34,6 +34,8 @@ Pod lifecycle (kwok stages, configured explicitly — see ``KWOK_STAGES``):
 * Annotation ``kwok.disttrain.io/fail-exit-code: "<n>"`` (an integer) → once Running, the pod
   becomes ``Failed``; every container ``terminated`` with ``exitCode: <n>``, reason ``Error``.
   It wins over ``complete`` when both are set.
+* Annotation ``kwok.disttrain.io/termination-message: "<text>"`` → the terminated containers'
+  ``message`` (what a trainer writes to /dev/termination-log), for either ending.
 * Annotation ``kwok.disttrain.io/delay: "<Go duration>"`` (e.g. ``"2s"``) → wait that long in
   Running before applying ``complete`` / ``fail-exit-code`` (default: at once).
 * The annotations can be set at creation or patched on later (kwok watches pods).
@@ -69,6 +71,7 @@ TOOLS_DIR = REPO_ROOT / "hack" / "tools"
 ANNOTATION_COMPLETE = "kwok.disttrain.io/complete"
 ANNOTATION_FAIL_EXIT_CODE = "kwok.disttrain.io/fail-exit-code"
 ANNOTATION_DELAY = "kwok.disttrain.io/delay"
+ANNOTATION_TERMINATION_MESSAGE = "kwok.disttrain.io/termination-message"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -199,6 +202,7 @@ spec:
         condition_reason="PodCompleted",
         exit_code="0",
         reason="Completed",
+        message=f'{{{{ or (index $.metadata.annotations "{ANNOTATION_TERMINATION_MESSAGE}") "" | Quote }}}}',
     )
     + _terminal_stage(
         "disttrain-pod-fail",
@@ -208,7 +212,8 @@ spec:
         exit_code="{{ $code }}",
         reason="Error",
         preamble=f'{{{{ $code := index .metadata.annotations "{ANNOTATION_FAIL_EXIT_CODE}" }}}}\n      ',
-        message=f'{{{{ printf "exit code %v ({ANNOTATION_FAIL_EXIT_CODE})" $code | Quote }}}}',
+        message=f'{{{{ or (index $.metadata.annotations "{ANNOTATION_TERMINATION_MESSAGE}") '
+        f'(printf "exit code %v ({ANNOTATION_FAIL_EXIT_CODE})" $code) | Quote }}}}',
     )
     + """\
 ---

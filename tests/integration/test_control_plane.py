@@ -10,6 +10,7 @@ import pytest
 from controlplane import (
     ANNOTATION_COMPLETE,
     ANNOTATION_FAIL_EXIT_CODE,
+    ANNOTATION_TERMINATION_MESSAGE,
     GPU_NODES,
     GPU_RESOURCE,
     GPU_TOLERATION,
@@ -221,16 +222,23 @@ def test_deleting_owner_garbage_collects_owned_pod(k8s_client, namespace):
     wait_for(gone, timeout=60, what="garbage collection of the owned pod")
 
 
+METRICS_MESSAGE = '{"accuracy":0.985,"steps":20}'
+
+
 @pytest.mark.parametrize(
-    ("annotations", "phase", "exit_code", "reason"),
+    ("annotations", "phase", "exit_code", "reason", "message"),
     [
-        ({ANNOTATION_COMPLETE: "true"}, "Succeeded", 0, "Completed"),
-        ({ANNOTATION_FAIL_EXIT_CODE: "3"}, "Failed", 3, "Error"),
-        ({ANNOTATION_COMPLETE: "true", ANNOTATION_FAIL_EXIT_CODE: "137"}, "Failed", 137, "Error"),
+        ({ANNOTATION_COMPLETE: "true"}, "Succeeded", 0, "Completed", None),
+        ({ANNOTATION_FAIL_EXIT_CODE: "3"}, "Failed", 3, "Error", f"exit code 3 ({ANNOTATION_FAIL_EXIT_CODE})"),
+        ({ANNOTATION_COMPLETE: "true", ANNOTATION_FAIL_EXIT_CODE: "137"}, "Failed", 137, "Error", None),
+        ({ANNOTATION_COMPLETE: "true", ANNOTATION_TERMINATION_MESSAGE: METRICS_MESSAGE}, "Succeeded", 0, "Completed",
+         METRICS_MESSAGE),
+        ({ANNOTATION_FAIL_EXIT_CODE: "1", ANNOTATION_TERMINATION_MESSAGE: "error: no data"}, "Failed", 1, "Error",
+         "error: no data"),
     ],
-    ids=["complete", "fail-3", "fail-wins"],
+    ids=["complete", "fail-3", "fail-wins", "complete-with-message", "fail-with-message"],
 )
-def test_kwok_annotations_finish_pods(k8s_client, namespace, annotations, phase, exit_code, reason):
+def test_kwok_annotations_finish_pods(k8s_client, namespace, annotations, phase, exit_code, reason, message):
     core = client.CoreV1Api(k8s_client)
     core.create_namespaced_pod(namespace, _pod("finisher", annotations=annotations))
 
@@ -243,6 +251,8 @@ def test_kwok_annotations_finish_pods(k8s_client, namespace, annotations, phase,
     terminated = pod.status.container_statuses[0].state.terminated
     assert terminated.exit_code == exit_code
     assert terminated.reason == reason
+    if message is not None:
+        assert terminated.message == message
 
 
 def test_annotation_patched_later_finishes_running_pod(k8s_client, namespace):

@@ -76,6 +76,7 @@ def test_status_subresource_and_printer_columns(control_plane: Any, crd: None, n
             "state": "Running",
             "restarts": 2,
             "replicaStatuses": {"chief": {"summary": "1/1"}, "worker": {"summary": "3/4"}},
+            "results": {"accuracy": 0.9861, "steps": 1000},
             "conditions": [
                 {
                     "type": "Running",
@@ -90,6 +91,6 @@ def test_status_subresource_and_printer_columns(control_plane: Any, crd: None, n
         "patch", "dtj", "columns", "-n", namespace, "--subresource=status", "--type=merge", "-p", json.dumps(status)
     )
     table = control_plane.kubectl("get", "dtj", "columns", "-n", namespace).stdout.split("\n")
-    assert table[0].split() == ["NAME", "STATE", "CHIEF", "PS", "WORKERS", "RESTARTS", "AGE"]
-    assert table[1].split()[:5] == ["columns", "Running", "1/1", "3/4", "2"]  # the PS column is blank: no ps
+    assert table[0].split() == ["NAME", "STATE", "CHIEF", "PS", "WORKERS", "RESTARTS", "ACCURACY", "AGE"]
+    assert table[1].split()[:6] == ["columns", "Running", "1/1", "3/4", "2", "0.9861"]  # blank PS column: no ps
     control_plane.kubectl("wait", "--for=condition=Running", "dtj/columns", "-n", namespace, "--timeout=5s")

@@ -13,7 +13,14 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from controlplane import ANNOTATION_COMPLETE, ANNOTATION_FAIL_EXIT_CODE, CPU_NODES, GPU_NODES, wait_for
+from controlplane import (
+    ANNOTATION_COMPLETE,
+    ANNOTATION_FAIL_EXIT_CODE,
+    ANNOTATION_TERMINATION_MESSAGE,
+    CPU_NODES,
+    GPU_NODES,
+    wait_for,
+)
 from kopf.testing import KopfRunner
 from kubernetes import client
 
@@ -108,10 +115,11 @@ class Cluster:
 
         return wait_for(ready, timeout=timeout, what=f"pods {sorted(names)} ({phase or 'any phase'}) of {job}")[0]
 
-    def drive(self, pod: str, annotation: str, value: str) -> None:
-        """Tells kwok to complete (or fail) a pod."""
+    def drive(self, pod: str, annotation: str, value: str, message: str | None = None) -> None:
+        """Tells kwok to complete (or fail) a pod, optionally leaving a termination message."""
+        annotations = {annotation: value} | ({ANNOTATION_TERMINATION_MESSAGE: message} if message else {})
         self.core.patch_namespaced_pod(
-            pod, self.ns, {"metadata": {"annotations": {annotation: value}}}, _content_type=MERGE_PATCH
+            pod, self.ns, {"metadata": {"annotations": annotations}}, _content_type=MERGE_PATCH
         )
 
     def events(self, name: str) -> list[tuple[str, str, str]]:
@@ -188,9 +196,15 @@ def test_job_runs_to_success(cluster: Cluster, control_plane: Any) -> None:
     # No finalizer: a job stays deletable while the operator is down (its children go by owner references).
     assert not stored["metadata"].get("finalizers")
 
-    cluster.drive(f"{job}-chief-0", ANNOTATION_COMPLETE, "true")
+    metrics = {"accuracy": 0.9861, "loss": 0.05, "steps": 1000, "train_seconds": 54.0, "batch_size": 128}
+    cluster.drive(f"{job}-chief-0", ANNOTATION_COMPLETE, "true", message=json.dumps(metrics))
     control_plane.kubectl("wait", "--for=condition=Succeeded", f"dtj/{job}", "-n", cluster.ns, "--timeout=40s")
     assert cluster.condition(job, "Succeeded")["reason"] == "JobSucceeded"
+    # the chief's final metrics (its termination message) are the job's results, shown by kubectl get
+    results = cluster.job(job)["status"]["results"]
+    assert results == {"accuracy": 0.9861, "loss": 0.05, "steps": 1000, "trainSeconds": 54.0}
+    table = control_plane.kubectl("get", "dtj", job, "-n", cluster.ns).stdout.split("\n")
+    assert table[1].split()[table[0].split().index("ACCURACY")] == "0.9861"
     # cleanPodPolicy Running (the default): the parameter server and the others stop; the chief stays for logs.
     remaining = cluster.wait_pods(job, {f"{job}-chief-0"})
     assert remaining[f"{job}-chief-0"]["status"]["phase"] == "Succeeded"
@@ -215,9 +229,9 @@ def test_permanent_exit_code_fails_job_and_ttl_deletes_it(cluster: Cluster) -> N
     job = "perm"
     cluster.create_job(job, {"worker": {"replicas": 2}}, runPolicy={"ttlSecondsAfterFinished": 3})
     cluster.wait_pods(job, names(job, worker=2), phase="Running")
-    cluster.drive(f"{job}-worker-1", ANNOTATION_FAIL_EXIT_CODE, "1")
+    cluster.drive(f"{job}-worker-1", ANNOTATION_FAIL_EXIT_CODE, "1", message="Traceback...\nerror: no MNIST data\n")
     failed = cluster.wait_condition(job, "Failed", "PodFailed")
-    assert "worker-1 exited with code 1" in failed["message"]
+    assert failed["message"] == "worker-1 exited with code 1: error: no MNIST data"  # the log tail says why
     assert cluster.job(job)["status"]["state"] == "Failed"
     assert cluster.wait_event(job, "PodFailed")[0] == "Warning"
     wait_for(lambda: cluster.job(job) is None, timeout=TIMEOUT, what="job deleted by ttlSecondsAfterFinished")

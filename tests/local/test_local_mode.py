@@ -116,7 +116,7 @@ def test_never_policy_fails_the_job_with_the_reason(tmp_path: Path) -> None:
     job = write_job(tmp_path, {**PS_JOB, "worker": {"replicas": 2, "restartPolicy": "Never"}})
     code, output = run(tmp_path, job, {"worker-1": {"exit": 3}})
     assert code == 1
-    assert "reason:      PodFailed: worker-1 exited with code 3" in output
+    assert "reason:      PodFailed: worker-1 exited with code 3: worker-1 failing with 3" in output  # its last line
     assert not [pid for pid in pids_of(tmp_path / "out") if alive(pid)]
 
 

@@ -21,10 +21,12 @@ def test_parameter_server_example_learns_on_real_mnist(tmp_path: Path, repo_root
     job = tmp_path / "mnist-ps.yaml"
     job.write_text(yaml.safe_dump(manifest))
     output_dir = tmp_path / "run"
+    termination_log = tmp_path / "termination-log"  # as the kubelet would provide it in a pod
+    termination_log.touch()
     disttrain = Path(sys.executable).with_name("disttrain")
     result = subprocess.run(
         [str(disttrain), "run", str(job), "--output-dir", str(output_dir)],
-        env={**os.environ, "MNIST_DIR": str(mnist_dir)},
+        env={**os.environ, "MNIST_DIR": str(mnist_dir), "DISTTRAIN_TERMINATION_LOG": str(termination_log)},
         capture_output=True,
         text=True,
         timeout=600,
@@ -34,6 +36,8 @@ def test_parameter_server_example_learns_on_real_mnist(tmp_path: Path, repo_root
     assert metrics["strategy"] == "parameter-server"
     assert metrics["steps"] >= STEP_BUDGET
     assert metrics["accuracy"] > 0.8, metrics  # chance is 0.1; the full default budget reaches >= 0.97
+    assert json.loads(termination_log.read_text()) == metrics  # the chief's, which the operator reads
+    assert f"accuracy:    {metrics['accuracy']:.2%} (held out)" in result.stdout
     assert "job mnist-ps: Succeeded" in result.stdout
     assert f"step {STEP_BUDGET}/{STEP_BUDGET}" in result.stdout
     assert f"tensorboard --logdir {output_dir / 'logs'}" in result.stdout

@@ -19,6 +19,7 @@ from disttrain_trainer.reporting import (  # noqa: E402
     prediction_grid,
     progress_line,
     write_metrics,
+    write_termination_message,
 )
 from disttrain_trainer.servers import ChiefWatcher  # noqa: E402
 from disttrain_trainer.training import Budget  # noqa: E402
@@ -81,6 +82,17 @@ def test_output_paths_and_metrics(tmp_path: Path) -> None:
     write_metrics(paths.metrics, {"accuracy": 0.99})
     assert json.loads(paths.metrics.read_text()) == {"accuracy": 0.99}
     assert "| lr | 0.1 |" in hparams_markdown({"lr": 0.1})
+
+
+def test_termination_message_is_written_only_where_the_kubelet_made_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    log_file = tmp_path / "termination-log"
+    monkeypatch.setenv("DISTTRAIN_TERMINATION_LOG", str(log_file))
+    assert write_termination_message({"accuracy": 0.99}) is None and not log_file.exists()
+    log_file.touch()
+    assert write_termination_message({"accuracy": 0.99, "steps": 5}) == log_file
+    assert json.loads(log_file.read_text()) == {"accuracy": 0.99, "steps": 5}
 
 
 def test_prediction_grid_marks_mistakes() -> None:

@@ -302,6 +302,20 @@ def test_observe_finished_pod(status: dict[str, Any], exit_code: int | None, rea
     assert (seen.phase, seen.exit_code, seen.reason) == (status["phase"], exit_code, reason)
 
 
+def test_trainer_reports_through_its_termination_message() -> None:
+    trainer = container(pod_for(make_spec()))
+    assert trainer["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    template = {"spec": {"containers": [{"name": "tensorflow", "terminationMessagePolicy": "File"}]}}
+    chosen = container(pod_for(make_spec(worker={"replicas": 1, "template": template})))
+    assert chosen["terminationMessagePolicy"] == "File"  # the user's choice stays
+    metrics = '{"accuracy": 0.98}'
+    terminated = {"terminated": {"exitCode": 0, "reason": "Completed", "message": metrics}}
+    finished = {"phase": "Succeeded", "containerStatuses": [trainer_status(terminated)]}
+    assert observe_pod(pod_with_status(finished)).message == metrics
+    running = {"phase": "Running", "containerStatuses": [trainer_status({"running": {}})]}
+    assert observe_pod(pod_with_status(running)).message is None
+
+
 def test_observe_reads_the_trainer_container_not_a_sidecar() -> None:
     template = {"spec": {"containers": [{"name": "sidecar"}, {"name": "tensorflow"}]}}
     pod = pod_for(make_spec(worker={"replicas": 1, "template": template}))

@@ -81,6 +81,7 @@ def test_status_subresource_printer_columns_and_names() -> None:
         "PS",
         "Workers",
         "Restarts",
+        "Accuracy",
         "Age",
     ]
     assert crd["spec"]["names"]["shortNames"] == ["dtj"]

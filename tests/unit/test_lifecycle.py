@@ -84,6 +84,47 @@ def test_worker0_success_without_chief() -> None:
     assert "worker 0" in plan.status.condition("Succeeded").message
 
 
+METRICS = '{"accuracy": 0.9861, "loss": 0.05, "steps": 1000, "train_seconds": 54.0, "strategy": "parameter-server"}'
+
+
+def test_success_keeps_the_chiefs_final_metrics_as_results() -> None:
+    spec = ps_spec(workers=1, ps=1)
+    plan = step(spec, replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0, message=METRICS)))
+    results = plan.status.results
+    assert results is not None
+    assert (results.accuracy, results.steps, results.strategy) == (0.9861, 1000, "parameter-server")
+    wire = plan.status.model_dump(by_alias=True, mode="json")["results"]
+    assert wire["trainSeconds"] == 54.0 and wire["accuracy"] == 0.9861
+    # the finished job keeps them on later passes
+    assert step(spec, [], plan.status).status.results == results
+
+
+def test_worker0_reports_the_results_without_a_chief() -> None:
+    spec = spec_from({"worker": {"replicas": 2}})
+    pods = replace(all_running(spec), pod(WORKER, 0, "Succeeded", exit_code=0, message=METRICS))
+    pods = replace(pods, pod(WORKER, 1, "Succeeded", exit_code=0, message='{"accuracy": 0.5}'))
+    assert step(spec, pods).status.results.accuracy == 0.9861
+
+
+@pytest.mark.parametrize("message", [None, "", "all done", "[1, 2]", '{"accuracy": "high"}'])
+def test_success_without_readable_metrics_has_no_results(message: str | None) -> None:
+    spec = ps_spec(workers=1, ps=1)
+    plan = step(spec, replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0, message=message)))
+    assert plan.status.state == "Succeeded" and plan.status.results is None
+
+
+def test_a_failure_message_ends_with_the_replicas_last_log_line() -> None:
+    spec = spec_from({"chief": {}, "worker": {"replicas": 1, "restartPolicy": "Never"}})
+    log_tail = "Traceback ...\n  File x.py\ndisttrain-trainer: error: no MNIST data in /data\n\n"
+    pods = replace(all_running(spec), pod(WORKER, 0, "Failed", exit_code=1, reason="Error", message=log_tail))
+    failed = step(spec, pods).status.condition("Failed")
+    assert failed.message == "worker-0 exited with code 1 (Error): disttrain-trainer: error: no MNIST data in /data"
+    long_line = "error: the start says most" + "x" * 1000
+    pods = replace(all_running(spec), pod(WORKER, 0, "Failed", exit_code=1, message=long_line))
+    message = step(spec, pods).status.condition("Failed").message
+    assert message.startswith("worker-0 exited with code 1: error: the start says most") and len(message) < 600
+
+
 def test_worker1_success_alone_is_not_enough() -> None:
     spec = spec_from({"worker": {"replicas": 3}})
     pods = replace(all_running(spec), pod(WORKER, 1, "Succeeded", exit_code=0))

@@ -330,6 +330,27 @@ class ReplicaStatus(Model):
     """ready/desired, for `kubectl get`."""
 
 
+class TrainingResults(Model):
+    """What the replica that decides success reported when it finished (its container's termination message)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    accuracy: float | None = None
+    """Held-out accuracy, 0 to 1."""
+    loss: float | None = None
+    """Held-out loss."""
+    steps: int | None = None
+    """Training steps run."""
+    train_seconds: float | None = None
+    """Training time, seconds."""
+    examples_per_second: float | None = None
+    """Training throughput of the whole job, steady state."""
+    inference_ms_per_example: float | None = None
+    """Inference time of the exported model, milliseconds per example (batched)."""
+    strategy: str | None = None
+    """The distribution strategy that ran: parameter-server, multi-worker-mirrored or single."""
+
+
 class DistTrainJobStatus(Model):
     """What the operator observed."""
 
@@ -352,6 +373,8 @@ class DistTrainJobStatus(Model):
     """When the job succeeded or failed (RFC 3339)."""
     observed_generation: int | None = None
     """The metadata.generation this status describes."""
+    results: TrainingResults | None = None
+    """Final metrics of a succeeded job (`kubectl get` shows the accuracy)."""
     counted_failures: list[str] = Field(default_factory=list)
     """Internal bookkeeping: UIDs of pods whose restarts are already counted (a stale view never counts twice)."""
 

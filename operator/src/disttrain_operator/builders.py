@@ -140,6 +140,8 @@ def _trainer_container(base: Obj, job_name: str, spec: DistTrainJobSpec, replica
     """The TensorFlow container: the template's, with the operator's image, args, env, port, resources."""
     container = copy.deepcopy(base)
     container.setdefault("name", TRAINER_CONTAINER)
+    # the trainer writes its final metrics there on success; on an error the log tail says why
+    container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     container["image"] = replica.image or spec.image
     if replica.command is not None:
         container["command"] = list(replica.command)
@@ -226,7 +228,8 @@ def _trainer_status(pod: Obj) -> Obj:
 
 
 def observe_pod(pod: Obj) -> ReplicaObservation:
-    """What lifecycle needs of a replica's pod: phase, readiness, exit code, restarts, reason, deletion."""
+    """What lifecycle needs of a replica's pod: phase, readiness, exit code, restarts, reason, deletion, and
+    the trainer's termination message."""
     replica = pod_replica(pod)
     if replica is None:
         raise ValueError(f"pod {pod.get('metadata', {}).get('name')!r} lacks valid {LABEL_ROLE}/{LABEL_INDEX} labels")
@@ -247,4 +250,5 @@ def observe_pod(pod: Obj) -> ReplicaObservation:
         restarts=int(trainer.get("restartCount") or 0),
         reason=None if reason in UNINFORMATIVE_REASONS else reason,
         deleting=metadata.get("deletionTimestamp") is not None,
+        message=terminated.get("message") or None,
     )

@@ -34,6 +34,12 @@ PRINTER_COLUMNS: list[dict[str, Any]] = [
         "description": "ready/desired",
     },
     {"name": "Restarts", "type": "integer", "jsonPath": ".status.restarts", "description": "Restarts and recreations"},
+    {
+        "name": "Accuracy",
+        "type": "number",
+        "jsonPath": ".status.results.accuracy",
+        "description": "Held-out accuracy of a succeeded job",
+    },
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
 

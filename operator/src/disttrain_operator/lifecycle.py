@@ -12,6 +12,7 @@ place and the container's restart count is what counts.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
@@ -25,12 +26,14 @@ from .api import (
     ReplicaSpec,
     ReplicaStatus,
     ReplicaType,
+    TrainingResults,
 )
 
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 EventType = Literal["Normal", "Warning"]
 MAX_COUNTED_FAILURES = 100
 PERMANENT_EXIT_CODES = range(1, 128)
+MESSAGE_EXCERPT_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -46,6 +49,8 @@ class ReplicaObservation:
     restarts: int = 0
     reason: str | None = None
     deleting: bool = False
+    message: str | None = None
+    """The trainer container's termination message: final metrics (JSON) on success, the log tail on error."""
 
     @property
     def name(self) -> str:
@@ -100,13 +105,29 @@ def is_retryable(policy: str, observation: ReplicaObservation) -> bool:
     return True
 
 
-def describe_failure(observation: ReplicaObservation) -> str:
-    """`worker-1 exited with code 137 (OOMKilled)` and the like."""
+def describe_failure(observation: ReplicaObservation, with_last_line: bool = False) -> str:
+    """`worker-1 exited with code 137 (OOMKilled)` and the like; `with_last_line` adds the last line of its
+    termination message (the log tail, under FallbackToLogsOnError), which usually says why."""
     if observation.exit_code is not None:
         text = f"{observation.name} exited with code {observation.exit_code}"
     else:
         text = f"{observation.name} failed"
-    return f"{text} ({observation.reason})" if observation.reason else text
+    text = f"{text} ({observation.reason})" if observation.reason else text
+    if not with_last_line:
+        return text
+    last_line = next((line.strip() for line in reversed((observation.message or "").splitlines()) if line.strip()), "")
+    if len(last_line) > MESSAGE_EXCERPT_CHARS:
+        last_line = last_line[:MESSAGE_EXCERPT_CHARS] + "..."
+    return f"{text}: {last_line}" if last_line else text
+
+
+def training_results(observation: ReplicaObservation | None) -> TrainingResults | None:
+    """The metrics a finished replica left in its termination message (JSON), or None if it left none."""
+    try:
+        data = json.loads(observation.message or "") if observation is not None else None
+        return TrainingResults.model_validate(data) if isinstance(data, dict) else None
+    except ValueError:  # not JSON, or not metrics (pydantic's ValidationError is a ValueError)
+        return None
 
 
 class _Builder:
@@ -321,7 +342,7 @@ def _decide(
     ]
     permanent = _count_failures(b, spec, observed)
     if permanent is not None:
-        b.finish(False, "PodFailed", describe_failure(permanent))
+        b.finish(False, "PodFailed", describe_failure(permanent, with_last_line=True))
         return _after_finish(b, spec, observed)
 
     status.restarts = sum(r.restarts for r in status.replica_statuses.values())
@@ -340,6 +361,8 @@ def _decide(
             else ("the chief" if spec.replica_specs.count(ReplicaType.CHIEF) else "worker 0")
         )
         b.finish(True, "JobSucceeded", f"{who} completed successfully")
+        reporter = ReplicaType.CHIEF if spec.replica_specs.count(ReplicaType.CHIEF) else ReplicaType.WORKER
+        status.results = training_results(by_key.get((reporter, 0)))
         return _after_finish(b, spec, observed)
 
     if in_place:

@@ -114,6 +114,7 @@ class LocalReplica:
     exit_code: int | None = None
     restart_at: float | None = None
     swept: bool = False
+    termination_message: str | None = None  # what its `final` line reported, as a pod's termination message
     reader: threading.Thread | None = field(default=None, repr=False)
     last_lines: deque[str] = field(default_factory=lambda: deque(maxlen=TAIL_LINES), repr=False)
 
@@ -129,8 +130,10 @@ class LocalReplica:
         if self.restart_at is not None:  # the kubelet's CrashLoopBackOff: still a running pod, not ready
             return ReplicaObservation(self.role, self.index, "Running", uid=uid, restarts=self.restarts)
         phase = "Succeeded" if self.exit_code == 0 else "Failed"
+        # like the kubelet's FallbackToLogsOnError: the final metrics, else the last lines it printed
+        message = self.termination_message or "\n".join(self.last_lines)
         return ReplicaObservation(
-            self.role, self.index, phase, uid=uid, exit_code=self.exit_code, restarts=self.restarts
+            self.role, self.index, phase, uid=uid, exit_code=self.exit_code, restarts=self.restarts, message=message
         )
 
 
@@ -148,7 +151,6 @@ class LocalJob:
         self.quiet = quiet
         self.lock = threading.Lock()
         self.status = api.DistTrainJobStatus()
-        self.final_metrics: dict[str, Any] | None = None
         self.stop_signal: int | None = None
         keys = [(role, i) for role, rs in spec.replica_specs.items() for i in range(rs.replicas)]
         ports = dict(zip(keys, free_ports(len(keys)), strict=True))
@@ -168,12 +170,11 @@ class LocalJob:
         prefix = f"{replica.name:>11} | "
         for raw in stream:
             line = raw.rstrip("\n")
+            if line.startswith(FINAL_PREFIX):
+                replica.termination_message = line[len(FINAL_PREFIX) :]
+                continue  # the job's results; the summary shows them
             replica.last_lines.append(line)
             if (replica.role, replica.index) == self.reporter:
-                if line.startswith(FINAL_PREFIX):
-                    with contextlib.suppress(json.JSONDecodeError):
-                        self.final_metrics = json.loads(line[len(FINAL_PREFIX) :])
-                    continue  # the summary shows these numbers
                 fields = parse_progress(line)
                 if fields is not None:
                     self.say(prefix + format_progress(fields))
@@ -202,6 +203,8 @@ class LocalJob:
         replica.exit_code = None
         replica.swept = False
         replica.restart_at = None
+        replica.termination_message = None
+        replica.last_lines.clear()
         replica.process = subprocess.Popen(
             replica.argv,
             env=replica.env,
@@ -360,7 +363,8 @@ class LocalJob:
         if outcome is not None:
             lines.append(f"  reason:      {outcome.reason}: {outcome.message}")
         lines.append(f"  wall time:   {wall_seconds:.1f}s, restarts: {self.status.restarts}")
-        metrics = self.final_metrics or _read_json(self.output_dir / "metrics.json")
+        results = self.status.results
+        metrics = results.model_dump(exclude_none=True) if results else _read_json(self.output_dir / "metrics.json")
         if metrics:
             for key, label, fmt in (
                 ("train_seconds", "train time", "{:.1f}s"),

@@ -142,7 +142,7 @@ def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, da
     import keras
 
     from .cluster import peers_to_wait_for, wait_for_peers
-    from .reporting import emit
+    from .reporting import emit, write_termination_message
     from .servers import send_shutdown
     from .strategies import STATIC_LOSS_SCALE, HParams
     from .training import Budget, train
@@ -169,6 +169,7 @@ def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, da
         send_shutdown(config)
     if metrics:
         emit("final " + json.dumps(metrics, sort_keys=True))
+        write_termination_message(metrics)
     return 0
 
 

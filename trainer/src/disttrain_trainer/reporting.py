@@ -1,10 +1,12 @@
-"""Outputs: output folders, progress lines, TensorBoard summaries, checkpoints, export, metrics.json."""
+"""Outputs: output folders, progress lines, TensorBoard summaries, checkpoints, export, metrics.json and the
+container's termination message."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +20,8 @@ log = logging.getLogger(__name__)
 DEFAULT_OUTPUT_DIR = "disttrain-output"
 GRID_COLUMNS = 8
 GRID_IMAGES = 32
+TERMINATION_LOG_ENV = "DISTTRAIN_TERMINATION_LOG"
+DEFAULT_TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,21 @@ def write_metrics(path: Path, metrics: dict[str, object]) -> None:
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     tmp.replace(path)
+
+
+def write_termination_message(metrics: dict[str, object]) -> Path | None:
+    """In a pod, the final metrics as one JSON line in the termination message, which the kubelet puts in the
+    container's status and the operator into the job's `status.results`. Only a file that already exists is
+    written (the kubelet creates it), so outside Kubernetes nothing happens. Returns the path written."""
+    path = Path(os.environ.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG)
+    if not path.is_file():
+        return None
+    try:
+        path.write_text(json.dumps(metrics, sort_keys=True, separators=(",", ":")))
+    except OSError as error:
+        log.warning("could not write the termination message to %s: %s", path, error)
+        return None
+    return path
 
 
 def prediction_grid(images: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> np.ndarray:
