@@ -191,18 +191,23 @@ def _replica_statuses(
     return statuses
 
 
+def reporting_replica(spec: DistTrainJobSpec) -> tuple[ReplicaType, int]:
+    """The replica that coordinates and reports the job's results: the chief, else worker 0."""
+    return (ReplicaType.CHIEF if spec.replica_specs.count(ReplicaType.CHIEF) else ReplicaType.WORKER), 0
+
+
 def _succeeded(spec: DistTrainJobSpec, by_key: dict[tuple[ReplicaType, int], ReplicaObservation]) -> bool:
     def done(role: ReplicaType, index: int) -> bool:
         found = by_key.get((role, index))
         return found is not None and found.phase == "Succeeded"
 
-    has_chief = spec.replica_specs.count(ReplicaType.CHIEF) > 0
     if spec.success_policy == "AllWorkers":
+        has_chief = spec.replica_specs.count(ReplicaType.CHIEF) > 0
         workers = spec.replica_specs.count(ReplicaType.WORKER)
         return (not has_chief or done(ReplicaType.CHIEF, 0)) and all(
             done(ReplicaType.WORKER, i) for i in range(workers)
         )
-    return done(ReplicaType.CHIEF, 0) if has_chief else done(ReplicaType.WORKER, 0)
+    return done(*reporting_replica(spec))
 
 
 def cleanup_targets(policy: str, observed: list[ReplicaObservation]) -> list[tuple[ReplicaType, int]]:
@@ -361,8 +366,7 @@ def _decide(
             else ("the chief" if spec.replica_specs.count(ReplicaType.CHIEF) else "worker 0")
         )
         b.finish(True, "JobSucceeded", f"{who} completed successfully")
-        reporter = ReplicaType.CHIEF if spec.replica_specs.count(ReplicaType.CHIEF) else ReplicaType.WORKER
-        status.results = training_results(by_key.get((reporter, 0)))
+        status.results = training_results(by_key.get(reporting_replica(spec)))
         return _after_finish(b, spec, observed)
 
     if in_place:

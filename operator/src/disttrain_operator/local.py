@@ -157,8 +157,7 @@ class LocalJob:
         self.cluster = tfconfig.cluster_spec(spec, lambda role, index: f"127.0.0.1:{ports[(role, index)]}")
         self.replicas: dict[tuple[ReplicaType, int], LocalReplica] = {}
         self.attempts = itertools.count(1)  # one sequence for the job: every process gets its own "pod UID"
-        has_chief = spec.replica_specs.count(ReplicaType.CHIEF) > 0
-        self.reporter = (ReplicaType.CHIEF if has_chief else ReplicaType.WORKER, 0)
+        self.reporter = lifecycle.reporting_replica(spec)
 
     # ------------------------------------------------------------ output
     def say(self, text: str) -> None:
