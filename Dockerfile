@@ -25,6 +25,7 @@ ARG KOPF_VERSION=1.45.2
 ARG KUBERNETES_VERSION=37.0.2
 ARG PYDANTIC_VERSION=2.14.4
 ARG PYYAML_VERSION=6.0.4
+ARG PROMETHEUS_CLIENT_VERSION=0.26.0
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
@@ -35,6 +36,7 @@ RUN python -m venv /opt/disttrain \
         "kubernetes==${KUBERNETES_VERSION}" \
         "pydantic==${PYDANTIC_VERSION}" \
         "PyYAML==${PYYAML_VERSION}" \
+        "prometheus-client==${PROMETHEUS_CLIENT_VERSION}" \
         /src/operator \
  && /opt/disttrain/bin/pip uninstall --yes pip setuptools
 
@@ -49,8 +51,9 @@ RUN groupadd --gid 10001 disttrain \
  && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin disttrain
 COPY --from=operator-build /opt/disttrain /opt/disttrain
 USER 10001:10001
-# Kopf's liveness endpoint (/healthz); the Helm chart probes it and exposes it as a Service.
-EXPOSE 8080
+# Kopf's liveness endpoint (/healthz) and the Prometheus metrics; the Helm chart probes the first
+# and exposes both as a Service.
+EXPOSE 8080 9090
 ENTRYPOINT ["disttrain", "operator"]
 CMD ["--all-namespaces", "--liveness", "http://0.0.0.0:8080/healthz"]
 

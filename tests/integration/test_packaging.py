@@ -164,9 +164,10 @@ def test_default_values_render_a_cluster_wide_least_privilege_operator(tools: To
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     (container,) = pod["containers"]
     assert container["image"] == "disttrain/operator:0.1.0"
-    assert container["args"] == ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz"]
+    assert container["args"] == ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
-    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+    assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
+                                  {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
     assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
     assert container["securityContext"]["allowPrivilegeEscalation"] is False
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
@@ -176,7 +177,8 @@ def test_default_values_render_a_cluster_wide_least_privilege_operator(tools: To
     rules = permissions(only(objects, "ClusterRole")["rules"])
     assert ("", "secrets", "get") not in rules and not any(v in ("*", "update", "escalate") for _, _, v in rules)
     service = only(objects, "Service")
-    assert service["spec"]["ports"][0]["targetPort"] == "health"
+    assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
+        ("health", 8080, "health"), ("metrics", 9090, "metrics")]
 
 
 def test_namespaced_values_render_a_role_per_watched_namespace(tools: Tools) -> None:
@@ -188,6 +190,7 @@ def test_namespaced_values_render_a_role_per_watched_namespace(tools: Tools) -> 
         "--set", "service.enabled=false",
         "--set", "serviceAccount.name=trainer-operator",
         "--set", "health.port=9090",
+        "--set", "metrics.port=9100",
         "--set", "imagePullSecrets[0].name=regcred",
         release="ml",
     )
@@ -204,9 +207,14 @@ def test_namespaced_values_render_a_role_per_watched_namespace(tools: Tools) -> 
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ml-disttrain"}
     pod = only(objects, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
-    assert container["args"] == ["--namespace=team-a", "--namespace=team-b", "--liveness=http://0.0.0.0:9090/healthz"]
+    assert container["args"] == ["--namespace=team-a", "--namespace=team-b", "--liveness=http://0.0.0.0:9090/healthz",
+                                 "--metrics-port=9100"]
     assert container["image"] == "registry.example.com/ml/disttrain-operator:0.1.0-rc1"
-    assert container["imagePullPolicy"] == "Never" and container["ports"][0]["containerPort"] == 9090
+    assert container["imagePullPolicy"] == "Never"
+    assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("health", 9090), ("metrics", 9100)]
+    unscraped = only(tools.template("--set", "metrics.enabled=false"), "Deployment")["spec"]["template"]["spec"]
+    assert "--metrics-port=0" in unscraped["containers"][0]["args"]
+    assert [p["name"] for p in unscraped["containers"][0]["ports"]] == ["health"]
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "trainer-operator"
 
 
@@ -217,6 +225,8 @@ def test_namespaced_values_render_a_role_per_watched_namespace(tools: Tools) -> 
         ("watchNamespaces=default", "at '/watchNamespaces': got string, want array"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of 'Always', 'IfNotPresent'"),
         ("health.port=80", "at '/health/port': minimum: got 80, want 1,024"),
+        ("metrics.port=80", "at '/metrics/port': minimum: got 80, want 1,024"),
+        ("health.port=9090", "health.port and metrics.port must differ"),
         ("watchNamespace={a}", "additional properties 'watchNamespace' not allowed"),
         ("resources.limits.memory=lots", "at '/resources/limits/memory': 'lots' does not match pattern"),
         ("image.repository=", "at '/image/repository'"),
@@ -425,10 +435,11 @@ def classify(method: str, path: str, query: str) -> Permission | None:
 
 
 class OperatorProcess:
-    """`disttrain operator -n NS --liveness none` with the given kubeconfig, logging to a file."""
+    """`disttrain operator -n NS --liveness none --metrics-port 0` with the given kubeconfig, logging to a file."""
 
     def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
-        self.args = [str(Path(sys.executable).parent / "disttrain"), "operator", "-n", namespace, "--liveness", "none"]
+        self.args = [str(Path(sys.executable).parent / "disttrain"), "operator", "-n", namespace, "--liveness", "none",
+                     "--metrics-port", "0"]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         self.log = log
         self.proc: subprocess.Popen | None = None

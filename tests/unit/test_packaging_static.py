@@ -92,7 +92,7 @@ def test_dockerfile_has_the_three_targets_each_non_root_with_its_entrypoint() ->
         uid = users[-1].split(":")[0]
         assert uid.isdigit() and int(uid) != 0, f"{target}: USER must be a numeric non-root UID, got {users[-1]!r}"
         assert ("ENTRYPOINT", entrypoint) in instructions, f"{target}: ENTRYPOINT {entrypoint} expected"
-    assert ("EXPOSE", "8080") in found["operator"], "the operator image exposes its liveness port"
+    assert ("EXPOSE", "8080 9090") in found["operator"], "the operator image exposes its liveness and metrics ports"
     assert any(instr == "CMD" and "--liveness" in args and ":8080/healthz" in args for instr, args in found["operator"])
 
 
@@ -128,6 +128,7 @@ def test_pinned_python_packages_satisfy_the_project_requirements() -> None:
         "kubernetes": stage_args("operator-build")["KUBERNETES_VERSION"],
         "pydantic": stage_args("operator-build")["PYDANTIC_VERSION"],
         "pyyaml": stage_args("operator-build")["PYYAML_VERSION"],
+        "prometheus-client": stage_args("operator-build")["PROMETHEUS_CLIENT_VERSION"],
         "numpy": stage_args("trainer-build")["NUMPY_VERSION"],
     }
     declared = []

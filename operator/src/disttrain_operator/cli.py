@@ -29,6 +29,12 @@ def _parser() -> argparse.ArgumentParser:
         default="http://0.0.0.0:8080/healthz",
         help="liveness endpoint URL (default %(default)s; 'none' disables it)",
     )
+    operator.add_argument(
+        "--metrics-port",
+        type=int,
+        default=9090,
+        help="serve Prometheus metrics on this port at /metrics (default %(default)s; 0 disables them)",
+    )
 
     commands.add_parser("crd", help="print the generated CustomResourceDefinition YAML")
     commands.add_parser("api-docs", help="print the Markdown API reference generated from the models")
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from .handlers import run_operator
 
     liveness = None if args.liveness == "none" else args.liveness
-    run_operator(namespaces=args.namespaces, liveness=liveness)
+    run_operator(namespaces=args.namespaces, liveness=liveness, metrics_port=args.metrics_port or None)
     return 0
 
 

@@ -22,6 +22,7 @@ from typing import Any
 
 import kopf
 
+from . import metrics
 from .api import GROUP, PLURAL, VERSION, DistTrainJobSpec, DistTrainJobStatus, InvalidSpecError, parse_spec
 from .builders import LABEL_JOB, LABEL_ROLE, build_pod, build_service, controller_uid, observe_pod, pod_replica
 from .kube import ForeignObjectError, Kube, RejectedObjectError, make_api_client
@@ -193,50 +194,58 @@ def status_patch(stored: Obj, new: DistTrainJobStatus) -> Obj | None:
 
 
 async def reconcile_job(state: OperatorState, key: JobKey, job_pods: kopf.Index, ensure_service: bool = False) -> None:
-    """Reads the job and its pods, plans with `lifecycle`, applies the plan.
+    """Reads the job and its pods, plans with `lifecycle`, applies the plan (one pass at a time per job, timed).
 
     A spec that cannot run (pydantic says so, or the API server refuses a pod built from it) turns the
     job Failed/InvalidSpec and re-raises InvalidSpecError, so that job handlers stop retrying.
     """
-    namespace, name = key
     async with state.lock(key):
         state.queued.discard(key)
-        job = await state.kube.get_job(namespace, name)
-        if job is None or job["metadata"].get("deletionTimestamp"):
-            state.forget(key)
-            return
-        uid = job["metadata"]["uid"]
-        stored = job.get("status") or {}
-        now = datetime.now(UTC)
-        try:
-            spec = parse_spec(name, job.get("spec") or {})
-            previous = DistTrainJobStatus.model_validate(stored)
-            plan = reconcile(spec, observed_pods(job_pods, key, uid), previous, now, job["metadata"].get("generation"))
-            stored = await apply_plan(state, job, spec, plan, stored, ensure_service)
-        except InvalidSpecError as error:
-            failed = fail_invalid_spec(
-                DistTrainJobStatus.model_validate(stored), str(error), now, observed_pods(job_pods, key, uid)
-            )
-            await apply_plan(state, job, None, failed, stored)
-            state.due.pop(key, None)
-            raise
-        logger.debug(
-            "reconciled %s/%s: %s, create %s, delete %s, requeue %s, delete job %s",
-            namespace,
-            name,
-            plan.status.state,
-            plan.create,
-            plan.delete,
-            plan.requeue_after,
-            plan.delete_job,
+        with metrics.reconcile_timer():
+            await _reconcile_locked(state, key, job_pods, ensure_service)
+
+
+async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.Index, ensure_service: bool) -> None:
+    namespace, name = key
+    job = await state.kube.get_job(namespace, name)
+    if job is None or job["metadata"].get("deletionTimestamp"):
+        state.forget(key)
+        metrics.record_job_state(key, None)
+        return
+    uid = job["metadata"]["uid"]
+    stored = job.get("status") or {}
+    now = datetime.now(UTC)
+    try:
+        spec = parse_spec(name, job.get("spec") or {})
+        previous = DistTrainJobStatus.model_validate(stored)
+        plan = reconcile(spec, observed_pods(job_pods, key, uid), previous, now, job["metadata"].get("generation"))
+        stored = await apply_plan(state, job, spec, plan, stored, ensure_service)
+    except InvalidSpecError as error:
+        failed = fail_invalid_spec(
+            DistTrainJobStatus.model_validate(stored), str(error), now, observed_pods(job_pods, key, uid)
         )
-        wait = plan.requeue_after
-        if not plan.status.finished:
-            wait = min(wait if wait is not None else RESYNC_SECONDS, RESYNC_SECONDS)
-        if wait is None or plan.delete_job:
-            state.due.pop(key, None)
-        else:
-            state.due[key] = asyncio.get_running_loop().time() + max(wait, 0.0)
+        await apply_plan(state, job, None, failed, stored)
+        state.due.pop(key, None)
+        metrics.record_job_state(key, failed.status.state)
+        raise
+    metrics.record_job_state(key, None if plan.delete_job else plan.status.state)
+    logger.debug(
+        "reconciled %s/%s: %s, create %s, delete %s, requeue %s, delete job %s",
+        namespace,
+        name,
+        plan.status.state,
+        plan.create,
+        plan.delete,
+        plan.requeue_after,
+        plan.delete_job,
+    )
+    wait = plan.requeue_after
+    if not plan.status.finished:
+        wait = min(wait if wait is not None else RESYNC_SECONDS, RESYNC_SECONDS)
+    if wait is None or plan.delete_job:
+        state.due.pop(key, None)
+    else:
+        state.due[key] = asyncio.get_running_loop().time() + max(wait, 0.0)
 
 
 async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -> None:
@@ -250,6 +259,7 @@ async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -
             if taken not in state.names_taken:  # retried on every pass; reported once
                 state.names_taken.add(taken)
                 await state.kube.post_event(job, "Warning", "NameTaken", str(result))
+                metrics.JOB_EVENTS.labels("NameTaken").inc()
         elif isinstance(result, RejectedObjectError):
             role = child["metadata"].get("labels", {}).get(LABEL_ROLE)
             where = f"spec.replicaSpecs.{role}" if role else "spec"
@@ -280,11 +290,14 @@ async def apply_plan(
         stored = plan.status.model_dump(by_alias=True, mode="json")
     for event in plan.events:
         await state.kube.post_event(job, event.type, event.reason, event.message)
+        metrics.JOB_EVENTS.labels(event.reason).inc()
     for role, index in plan.delete:
         await state.kube.delete_pod(namespace, pod_name(name, role, index))
+        metrics.PODS_DELETED.inc()
     if spec is not None and (plan.create or (ensure_service and not plan.status.finished)):
         pods = [build_pod(name, namespace, uid, spec, role, i) for role, i in plan.create]
         await create_children(state, job, [build_service(name, namespace, uid, spec), *pods])
+        metrics.PODS_CREATED.inc(len(pods))
     if plan.delete_job:
         await state.kube.delete_job(namespace, name)
     return stored
@@ -293,8 +306,13 @@ async def apply_plan(
 # ---------------------------------------------------------------- entry point
 
 
-def run_operator(namespaces: list[str] | None, liveness: str | None, standalone: bool = True) -> None:
-    """Runs the operator until stopped: cluster-wide when `namespaces` is None, else in those namespaces."""
+def run_operator(
+    namespaces: list[str] | None, liveness: str | None, metrics_port: int | None = None, standalone: bool = True
+) -> None:
+    """Runs the operator until stopped: cluster-wide when `namespaces` is None, else in those namespaces;
+    Prometheus metrics on `metrics_port` unless it is None."""
+    if metrics_port is not None:
+        metrics.serve_metrics(metrics_port)
     kopf.run(
         clusterwide=namespaces is None,
         namespaces=namespaces or (),
