@@ -254,7 +254,9 @@ async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -
     uid = job["metadata"]["uid"]
     results = await asyncio.gather(*(state.kube.create_or_adopt(c, uid) for c in children), return_exceptions=True)
     for child, result in zip(children, results, strict=True):
-        if isinstance(result, ForeignObjectError):
+        if result is True and child["kind"] == "Pod":
+            metrics.PODS_CREATED.inc()
+        elif isinstance(result, ForeignObjectError):
             taken = (uid, child["metadata"]["name"])
             if taken not in state.names_taken:  # retried on every pass; reported once
                 state.names_taken.add(taken)
@@ -292,12 +294,11 @@ async def apply_plan(
         await state.kube.post_event(job, event.type, event.reason, event.message)
         metrics.JOB_EVENTS.labels(event.reason).inc()
     for role, index in plan.delete:
-        await state.kube.delete_pod(namespace, pod_name(name, role, index))
-        metrics.PODS_DELETED.inc()
+        if await state.kube.delete_pod(namespace, pod_name(name, role, index)):
+            metrics.PODS_DELETED.inc()
     if spec is not None and (plan.create or (ensure_service and not plan.status.finished)):
         pods = [build_pod(name, namespace, uid, spec, role, i) for role, i in plan.create]
         await create_children(state, job, [build_service(name, namespace, uid, spec), *pods])
-        metrics.PODS_CREATED.inc(len(pods))
     if plan.delete_job:
         await state.kube.delete_job(namespace, name)
     return stored

@@ -22,8 +22,10 @@ RECONCILE_SECONDS = Histogram(
     "Time of one reconcile pass: read the job, plan, patch status, create and delete pods.",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )
-PODS_CREATED = Counter("disttrain_pods_created", "Replica pods created (an adopted pod of ours counts too).")
-PODS_DELETED = Counter("disttrain_pods_deleted", "Replica pods deleted: clean-up, recreation, suspension, scale-down.")
+PODS_CREATED = Counter("disttrain_pods_created", "Replica pods created (not counting ours found already there).")
+PODS_DELETED = Counter(
+    "disttrain_pods_deleted", "Replica pods deleted: clean-up, recreation, suspension, scale-down (not those gone)."
+)
 JOB_EVENTS = Counter(
     "disttrain_job_events", "Events posted on jobs, by reason (JobSucceeded, PodFailed, Restarted, ...).", ["reason"]
 )
