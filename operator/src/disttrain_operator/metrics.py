@@ -30,6 +30,8 @@ JOB_EVENTS = Counter(
     "disttrain_job_events", "Events posted on jobs, by reason (JobSucceeded, PodFailed, Restarted, ...).", ["reason"]
 )
 JOBS = Gauge("disttrain_jobs", "Jobs the operator follows, by state.", ["state"])
+for _state in JOB_STATES:
+    JOBS.labels(_state)  # every state shows, 0 until a job is in it
 
 _states: dict[tuple[str, str], JobState] = {}
 
@@ -51,13 +53,13 @@ def reconcile_timer() -> Iterator[None]:
 
 
 def record_job_state(key: tuple[str, str], state: JobState | None) -> None:
-    """Remembers a job's state (None: the job is gone) and updates the jobs-by-state gauge."""
-    if state is None:
-        _states.pop(key, None)
-    else:
+    """Remembers a job's state (None: the job is gone) and moves it between the jobs-by-state counts."""
+    previous = _states.pop(key, None)
+    if previous is not None:
+        JOBS.labels(previous).dec()
+    if state is not None:
         _states[key] = state
-    for each in JOB_STATES:
-        JOBS.labels(each).set(sum(1 for s in _states.values() if s == each))
+        JOBS.labels(state).inc()
 
 
 def serve_metrics(port: int, address: str = "0.0.0.0") -> None:
