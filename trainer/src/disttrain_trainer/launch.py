@@ -92,8 +92,10 @@ def start_task(
     args: Sequence[str],
     log_dir: Path,
     env: dict[str, str] | None = None,
+    wrapper: Sequence[str] = (),
 ) -> Task:
-    """Start `disttrain-trainer ARGS` as one task (no TF_CONFIG when task_type is None)."""
+    """Start `disttrain-trainer ARGS` as one task (no TF_CONFIG when task_type is None), behind `wrapper`
+    (a command prefix such as `unshare ...`) when one is given."""
     log_dir.mkdir(parents=True, exist_ok=True)
     name = f"{task_type or 'single'}-{index}"
     full_env = {**os.environ, **(env or {})}
@@ -103,17 +105,23 @@ def start_task(
     stdout, stderr = log_dir / f"{name}.out", log_dir / f"{name}.err"
     with stdout.open("wb") as out, stderr.open("wb") as err:
         process = subprocess.Popen(
-            [sys.executable, "-m", "disttrain_trainer", *args], stdout=out, stderr=err, env=full_env
+            [*wrapper, sys.executable, "-m", "disttrain_trainer", *args], stdout=out, stderr=err, env=full_env
         )
     return Task(task_type or "single", index, process, stdout, stderr)
 
 
 def start_cluster(
-    cluster: dict[str, list[str]], args: Sequence[str], log_dir: Path, env: dict[str, str] | None = None
+    cluster: dict[str, list[str]],
+    args: Sequence[str],
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+    wrappers: dict[str, Sequence[str]] | None = None,
 ) -> LocalCluster:
-    """Start every task of `cluster` with the same command line (servers first, the chief last)."""
+    """Start every task of `cluster` with the same command line (servers first, the chief last); `wrappers`
+    gives a command prefix per task type."""
     running = LocalCluster(cluster)
     for job in ("ps", "worker", "evaluator", "chief"):
         for index in range(len(cluster.get(job, []))):
-            running.tasks.append(start_task(cluster, job, index, args, log_dir, env))
+            wrapper = (wrappers or {}).get(job, ())
+            running.tasks.append(start_task(cluster, job, index, args, log_dir, env, wrapper))
     return running

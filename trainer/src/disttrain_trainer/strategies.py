@@ -21,6 +21,7 @@ from .pipeline import train_dataset
 
 log = logging.getLogger(__name__)
 
+CHIEF_DEVICE = "/job:chief/replica:0/task:0/device:CPU:0"  # the parameter-server coordinator's own CPU
 STATIC_LOSS_SCALE = 1024.0  # only with float16 (GPU) mixed precision; bfloat16 needs none
 
 
@@ -77,6 +78,10 @@ class Runner:
     def step(self) -> int:
         """The global step (optimizer update count)."""
         return int(self.optimizer.iterations.numpy())
+
+    def checkpoint_options(self) -> tf.train.CheckpointOptions | None:
+        """How checkpoints are written and read; None: where the variables live (this process)."""
+        return None
 
     def run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
         """Run `steps` global steps; per-step (loss, accuracy) arrays."""
@@ -141,6 +146,12 @@ class ParameterServerRunner(Runner):
 
         self._iterator = iter(self.coordinator.create_per_worker_dataset(per_worker_dataset))
         self._steps_fn = tf.function(self._worker_steps)
+
+    def checkpoint_options(self) -> tf.train.CheckpointOptions:
+        """Every file of a checkpoint is written and read by the chief. Left to itself, each parameter server
+        would save (and restore) its own variable shards under the chief's path on its own filesystem, which
+        exists only where all tasks share one (a pod has its own): NotFoundError at the first save."""
+        return tf.train.CheckpointOptions(experimental_io_device=CHIEF_DEVICE)
 
     def _worker_steps(self, iterator: tf.distribute.DistributedIterator, count: tf.Tensor) -> tuple[tf.Tensor, ...]:
         """`count` consecutive steps on one worker, each reading the current parameters and pushing its

@@ -78,9 +78,10 @@ def train(
     checkpoint = checkpoint_for(runner.model, optimizer=runner.optimizer)
     ckpt_dir = paths.checkpoints if is_chief else Path(tempfile.mkdtemp(prefix="disttrain-ckpt-"))
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=3)
+    options = runner.checkpoint_options()
     latest = tf.train.latest_checkpoint(str(paths.checkpoints))  # every replica resumes from the chief's
     if latest:
-        checkpoint.restore(latest)
+        checkpoint.restore(latest, options=options)
         log.info("resumed from %s", latest)
     summaries = Summaries(paths.logs / "train" if is_chief else None)
     summaries.text("hparams", hparams_markdown(_hparams(kind, config, hp, max_steps, data)))
@@ -105,9 +106,9 @@ def train(
         if is_chief:
             emit(progress_line(step, max_steps, last[0], last[1], speed))
         if budget.checkpoint_every and (step // budget.checkpoint_every > previous // budget.checkpoint_every):
-            manager.save(checkpoint_number=step)
+            manager.save(checkpoint_number=step, options=options)
     if clock.chunks:  # a chief resumed at max_steps has nothing new to save
-        manager.save(checkpoint_number=step)
+        manager.save(checkpoint_number=step, options=options)
     if not is_chief:
         shutil.rmtree(ckpt_dir, ignore_errors=True)
         return {}
