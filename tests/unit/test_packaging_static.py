@@ -118,7 +118,23 @@ def test_final_images_copy_a_built_environment_and_install_nothing_else() -> Non
     assert "rm -rf /tmp/trainer" in gpu_runs, "the GPU image leaves no source tree behind"
     operator_build = " ".join(args for instr, args in found["operator-build"] if instr == "RUN")
     assert "trainer" not in operator_build and "tensorflow" not in operator_build, "no TensorFlow in the operator"
-    assert "/src/trainer[cpu]" in " ".join(args for instr, args in found["trainer-build"] if instr == "RUN")
+
+
+def test_builder_stages_install_dependencies_before_copying_the_source() -> None:
+    """Editing operator/src or trainer/src must reuse the dependency layer (TensorFlow is ~600 MB)."""
+    found = stages()
+    for stage, source in (("operator-build", "operator/ "), ("trainer-build", "trainer/src/ ")):
+        steps = [(instr, args) for instr, args in found[stage] if instr in ("COPY", "RUN")]
+        copy_source = next(i for i, (instr, args) in enumerate(steps) if instr == "COPY" and args.startswith(source))
+        before = " ".join(args for instr, args in steps[:copy_source] if instr == "RUN")
+        after = " ".join(args for instr, args in steps[copy_source:] if instr == "RUN")
+        assert "pip install" in before, f"{stage}: third-party dependencies are installed before {source}is copied"
+        assert f"--no-deps /src/{stage.removesuffix('-build')}" in after, f"{stage}: the package itself, --no-deps"
+        assert "pip check" in after, f"{stage}: a dependency missing from the pins must fail the build"
+    trainer_steps = found["trainer-build"]
+    assert ("COPY", "trainer/pyproject.toml /src/trainer/pyproject.toml") in trainer_steps
+    trainer_runs = " ".join(args for instr, args in trainer_steps if instr == "RUN")
+    assert '["optional-dependencies"]["cpu"]' in trainer_runs, "the [cpu] extra comes from trainer/pyproject.toml"
 
 
 def test_pinned_python_packages_satisfy_the_project_requirements() -> None:
@@ -130,6 +146,7 @@ def test_pinned_python_packages_satisfy_the_project_requirements() -> None:
         "pyyaml": stage_args("operator-build")["PYYAML_VERSION"],
         "prometheus-client": stage_args("operator-build")["PROMETHEUS_CLIENT_VERSION"],
         "numpy": stage_args("trainer-build")["NUMPY_VERSION"],
+        "tensorboard": stage_args("trainer-build")["TENSORBOARD_VERSION"],
     }
     declared = []
     for project in ("operator", "trainer"):
