@@ -72,6 +72,8 @@ ANNOTATION_COMPLETE = "kwok.disttrain.io/complete"
 ANNOTATION_FAIL_EXIT_CODE = "kwok.disttrain.io/fail-exit-code"
 ANNOTATION_DELAY = "kwok.disttrain.io/delay"
 ANNOTATION_TERMINATION_MESSAGE = "kwok.disttrain.io/termination-message"
+SERVICE_CIDR = "10.0.0.0/24"
+KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TAINT = {"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"}
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -299,65 +301,101 @@ def find_binaries(bin_dir: Path | None = None) -> dict[str, Path]:
 # ---------------------------------------------------------------------------------------------
 
 
-def _write_pki(pki: Path, days: int = 30) -> None:
-    """CA, API server serving cert, admin client cert (system:masters), service-account key."""
+def _pem_key(key) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _x509_name(cn: str, org: str | None = None):
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
+    attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
+    if org:
+        attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
+    return x509.Name(attrs)
+
+
+def _validity(days: int) -> tuple[dt.datetime, dt.datetime]:
+    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
+    return now, now + dt.timedelta(days=days)
+
+
+def issue_cert(
+    pki: Path, fname: str, cn: str, org: str | None = None, server: bool = False, ips=(), dns=(), days: int = 30
+) -> None:
+    """Write ``<fname>.crt``/``<fname>.key`` signed by the CA in ``pki``: a client certificate for
+    ``cn``/``org`` (user/group), or with ``server`` a serving one for those IP addresses and DNS names."""
+    import ipaddress
+
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+    from cryptography.x509.oid import ExtendedKeyUsageOID
 
-    pki.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    until = now + dt.timedelta(days=days)
+    ca = x509.load_pem_x509_certificate((pki / "ca.crt").read_bytes())
+    ca_key = serialization.load_pem_private_key((pki / "ca.key").read_bytes(), password=None)
+    key = ec.generate_private_key(ec.SECP256R1())
+    start, until = _validity(days)
+    usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(_x509_name(cn, org))
+        .issuer_name(ca.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(until)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+    )
+    sans = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips] + [x509.DNSName(d) for d in dns]
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    (pki / f"{fname}.crt").write_bytes(builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM))
+    (pki / f"{fname}.key").write_bytes(_pem_key(key))
+    (pki / f"{fname}.key").chmod(0o600)
 
-    def key_pem(key) -> bytes:
-        return key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
 
-    def name(cn: str, org: str | None = None) -> x509.Name:
-        attrs = [x509.NameAttribute(NameOID.COMMON_NAME, cn)]
-        if org:
-            attrs.insert(0, x509.NameAttribute(NameOID.ORGANIZATION_NAME, org))
-        return x509.Name(attrs)
+def _write_ca(pki: Path, days: int) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name("disttrain-test-ca")
+    ca_name = _x509_name("disttrain-test-ca")
+    start, until = _validity(days)
     ca = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
         .issuer_name(ca_name)
         .public_key(ca_key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now)
+        .not_valid_before(start)
         .not_valid_after(until)
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(x509.KeyUsage(True, False, False, False, False, True, True, False, False), critical=True)
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
         .sign(ca_key, hashes.SHA256())
     )
+    (pki / "ca.crt").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    (pki / "ca.key").write_bytes(_pem_key(ca_key))
+    (pki / "ca.key").chmod(0o600)
 
-    def leaf(subject: x509.Name, usage, sans: list | None = None):
-        key = ec.generate_private_key(ec.SECP256R1())
-        builder = (
-            x509.CertificateBuilder()
-            .subject_name(subject)
-            .issuer_name(ca_name)
-            .public_key(key.public_key())
-            .serial_number(x509.random_serial_number())
-            .not_valid_before(now)
-            .not_valid_after(until)
-            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-            .add_extension(x509.KeyUsage(True, False, True, False, False, False, False, False, False), critical=True)
-            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        )
-        if sans:
-            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-        return key, builder.sign(ca_key, hashes.SHA256())
 
-    import ipaddress
+def _write_pki(pki: Path, extra_ips: Iterable[str] = (), days: int = 30) -> None:
+    """CA, API server serving cert (also for ``extra_ips``), admin client cert (system:masters), the API
+    server's client cert for kubelets, service-account key."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
 
+    pki.mkdir(parents=True, exist_ok=True)
+    _write_ca(pki, days)
     dns = [
         "localhost",
         "kubernetes",
@@ -365,31 +403,22 @@ def _write_pki(pki: Path, days: int = 30) -> None:
         "kubernetes.default.svc",
         "kubernetes.default.svc.cluster.local",
     ]
-    sans = [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.IPAddress(ipaddress.ip_address("10.0.0.1"))]
-    sans += [x509.DNSName(d) for d in dns]
-    serving_key, serving = leaf(name("kube-apiserver"), ExtendedKeyUsageOID.SERVER_AUTH, sans)
-    admin_key, admin = leaf(name("disttrain-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH)
+    ips = ["127.0.0.1", KUBERNETES_SERVICE_IP, *extra_ips]
+    issue_cert(pki, "apiserver", "kube-apiserver", server=True, ips=ips, dns=dns, days=days)
+    issue_cert(pki, "admin", "disttrain-admin", "system:masters", days=days)
+    issue_cert(pki, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", "system:masters", days=days)
     sa_key = ec.generate_private_key(ec.SECP256R1())
-
-    pem = serialization.Encoding.PEM
-    files = {
-        "ca.crt": ca.public_bytes(pem),
-        "ca.key": key_pem(ca_key),
-        "apiserver.crt": serving.public_bytes(pem),
-        "apiserver.key": key_pem(serving_key),
-        "admin.crt": admin.public_bytes(pem),
-        "admin.key": key_pem(admin_key),
-        "sa.key": key_pem(sa_key),
-        "sa.pub": sa_key.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo),
-    }
-    for fname, data in files.items():
-        path = pki / fname
-        path.write_bytes(data)
-        if fname.endswith(".key"):
-            path.chmod(0o600)
+    (pki / "sa.key").write_bytes(_pem_key(sa_key))
+    (pki / "sa.key").chmod(0o600)
+    public = sa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    (pki / "sa.pub").write_bytes(public)
 
 
-def _kubeconfig_yaml(server: str, pki: Path) -> str:
+def _kubeconfig_yaml(server: str, pki: Path, identity: str = "admin") -> str:
+    """A kubeconfig for the client certificate ``<identity>.crt`` (data inlined)."""
+
     def b64(fname: str) -> str:
         return base64.b64encode((pki / fname).read_bytes()).decode()
 
@@ -401,7 +430,7 @@ def _kubeconfig_yaml(server: str, pki: Path) -> str:
         "users": [
             {
                 "name": "disttrain-admin",
-                "user": {"client-certificate-data": b64("admin.crt"), "client-key-data": b64("admin.key")},
+                "user": {"client-certificate-data": b64(f"{identity}.crt"), "client-key-data": b64(f"{identity}.key")},
             }
         ],
         "contexts": [
@@ -494,12 +523,19 @@ class ControlPlane:
         bin_dir: str | Path | None = None,
         detach: bool = False,
         startup_timeout: float = 90.0,
+        node_ip: str | None = None,
     ):
+        """``node_ip``: serve a real node instead of kwok's fake ones. The API server then listens on that
+        address (one of this machine's, routable from the node's pods), publishes it as the endpoint of the
+        ``kubernetes`` Service, and authorizes kubelets with the Node authorizer and NodeRestriction; no kwok
+        runs and no fake node is registered (hack/node.py starts the node)."""
         self.bin_dir = Path(bin_dir) if bin_dir else default_bin_dir()
         self._workdir_given = workdir is not None
         self.workdir = Path(workdir) if workdir else None
         self.detach = detach  # True: processes survive this Python process (make cluster-up)
         self.startup_timeout = startup_timeout
+        self.node_ip = node_ip
+        self.host = node_ip or "127.0.0.1"
         self.binaries: dict[str, Path] = {}
         self.procs: dict[str, subprocess.Popen] = {}
         self.pids: dict[str, int] = {}
@@ -522,9 +558,9 @@ class ControlPlane:
         self.log_dir.mkdir(exist_ok=True)
         pki = self.workdir / "pki"
         try:
-            _write_pki(pki)
+            _write_pki(pki, extra_ips=[self.node_ip] if self.node_ip else [])
             self.ports = {k: _free_port() for k in ("etcd", "etcd-peer", "apiserver", "kcm", "scheduler", "kwok")}
-            self.server = f"https://127.0.0.1:{self.ports['apiserver']}"
+            self.server = f"https://{self.host}:{self.ports['apiserver']}"
             self.kubeconfig = self.workdir / "kubeconfig"
             self.kubeconfig.write_text(_kubeconfig_yaml(self.server, pki))
             self.kubeconfig.chmod(0o600)
@@ -541,10 +577,11 @@ class ControlPlane:
             )
             self._spawn("kube-controller-manager", self._kcm_args(pki))
             self._spawn("kube-scheduler", self._scheduler_args())
-            self._spawn("kwok", self._kwok_args())
-            for node in self._node_manifests():
-                self.api("POST", "/api/v1/nodes", node)
-            self._wait("fake nodes Ready", self._nodes_ready)
+            if not self.node_ip:
+                self._spawn("kwok", self._kwok_args())
+                for node in self._node_manifests():
+                    self.api("POST", "/api/v1/nodes", node)
+                self._wait("fake nodes Ready", self._nodes_ready)
             self._wait(
                 "kube-scheduler /healthz",
                 lambda: self._http_ok(f"https://127.0.0.1:{self.ports['scheduler']}/healthz", verify=False),
@@ -721,10 +758,11 @@ class ControlPlane:
         assert self.workdir is not None
         return [
             f"--etcd-servers=http://127.0.0.1:{self.ports['etcd']}",
-            "--bind-address=127.0.0.1",
+            f"--bind-address={self.host}",
             f"--secure-port={self.ports['apiserver']}",
-            "--advertise-address=127.0.0.1",
-            "--endpoint-reconciler-type=none",
+            f"--advertise-address={self.host}",
+            # With a real node, pods reach the API server through the `kubernetes` Service.
+            f"--endpoint-reconciler-type={'lease' if self.node_ip else 'none'}",
             f"--cert-dir={self.workdir / 'apiserver'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}",
             f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -732,8 +770,11 @@ class ControlPlane:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}",
             f"--service-account-signing-key-file={pki / 'sa.key'}",
-            "--service-cluster-ip-range=10.0.0.0/24",
-            "--authorization-mode=RBAC",
+            f"--service-cluster-ip-range={SERVICE_CIDR}",
+            f"--authorization-mode={'Node,RBAC' if self.node_ip else 'RBAC'}",
+            *(["--enable-admission-plugins=NodeRestriction"] if self.node_ip else []),
+            f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+            f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             "--allow-privileged=true",
             "--profiling=false",
             # Front-proxy (request header) auth configured like kubeadm, so that the delegated
