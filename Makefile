@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export MNIST_DIR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data/mnist),)
 
-.PHONY: help venv demo test test-unit lint control-plane cluster-up cluster-down crd crd-files api-docs bench kind-e2e clean
+.PHONY: help venv demo test test-unit lint control-plane node-binaries e2e e2e-up e2e-down cluster-up cluster-down crd crd-files api-docs bench kind-e2e clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -28,6 +28,20 @@ lint: venv ## ruff
 
 control-plane: ## Build (or reuse cached) kube-apiserver, etcd, scheduler, controller-manager, kwok, kubectl, helm
 	@bash hack/build-control-plane.sh
+
+node-binaries: ## control-plane + what a real node needs: kubelet, kube-proxy, minimal CoreDNS, static pause
+	@bash hack/build-control-plane.sh --node
+
+e2e: venv ## Real pods on a real kubelet node: build images and node, helm install, train the examples (root; docs/e2e.md)
+	$(PY) hack/e2e.py prepare
+	$(PY) -m pytest -m e2e tests/e2e
+
+e2e-up: venv ## The e2e cluster by hand (control plane + real node + operator); prints `export KUBECONFIG=...`
+	$(PY) hack/e2e.py prepare
+	$(PY) hack/e2e.py up
+
+e2e-down: venv ## Stop the e2e cluster and restore the host (also after a crash)
+	$(PY) hack/e2e.py down
 
 cluster-up: venv control-plane ## Start the local control plane in the background; prints `export KUBECONFIG=...`
 	@$(PY) hack/controlplane.py up

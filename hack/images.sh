@@ -184,7 +184,7 @@ build_target() {
 
 build_pause() {
   if [ ! -x "$PAUSE_BIN" ]; then
-    log "no pause binary at $PAUSE_BIN: $PAUSE_IMAGE not built (make control-plane builds it)"
+    log "no pause binary at $PAUSE_BIN: $PAUSE_IMAGE not built (make node-binaries builds it)"
     return 0
   fi
   if command -v file >/dev/null 2>&1 && ! file -bL "$PAUSE_BIN" | grep -Eq 'static(ally|-pie) linked'; then
