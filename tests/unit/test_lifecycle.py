@@ -7,7 +7,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from disttrain_operator.api import DistTrainJobSpec, DistTrainJobStatus, ReplicaType
-from disttrain_operator.lifecycle import Plan, ReplicaObservation, fail_invalid_spec, is_retryable, reconcile
+from disttrain_operator.lifecycle import (
+    SELF_EXIT_GRACE_SECONDS,
+    Plan,
+    ReplicaObservation,
+    fail_invalid_spec,
+    is_retryable,
+    reconcile,
+)
 
 from .helpers import ps_spec, spec_from
 
@@ -71,9 +78,33 @@ def test_chief_success_succeeds_and_stops_running_ps() -> None:
     assert plan.status.state == "Succeeded"
     assert plan.status.is_true("Succeeded") and not plan.status.is_true("Running")
     assert plan.status.completion_time == "2026-11-25T12:00:00Z"
-    # cleanPodPolicy Running: the still-running ps and worker 0 go, finished pods stay for their logs
-    assert sorted(plan.delete) == [(PS, 0), (PS, 1), (WORKER, 0)]
     assert "JobSucceeded" in reasons(plan)
+    # cleanPodPolicy Running: after the grace, the still-running ps and worker 0 go, finished pods stay for their logs
+    later = step(spec, pods, plan.status, at=T0 + timedelta(seconds=SELF_EXIT_GRACE_SECONDS))
+    assert sorted(later.delete) == [(PS, 0), (PS, 1), (WORKER, 0)]
+
+
+def test_after_success_running_servers_get_a_grace_to_end_by_themselves() -> None:
+    # Found on a real node: the trainer's servers exit 0 about a second after the chief's shutdown token,
+    # but clean-up deleted them the moment the chief completed, so they never ended Completed.
+    spec = ps_spec(workers=2, ps=2)
+    pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))
+    done = step(spec, pods)
+    assert done.status.state == "Succeeded"
+    assert done.delete == []
+    assert done.requeue_after == pytest.approx(SELF_EXIT_GRACE_SECONDS)
+    servers_ended = [p if p.role == CHIEF else pod(p.role, p.index, "Succeeded", exit_code=0) for p in pods]
+    assert step(spec, servers_ended, done.status, at=T0 + timedelta(seconds=3)).delete == []
+    later = step(spec, pods, done.status, at=T0 + timedelta(seconds=SELF_EXIT_GRACE_SECONDS))
+    assert sorted(later.delete) == [(PS, 0), (PS, 1), (WORKER, 0), (WORKER, 1)]
+
+
+def test_after_failure_running_pods_are_stopped_at_once() -> None:
+    spec = ps_spec(workers=2, ps=1)
+    pods = replace(all_running(spec), pod(WORKER, 1, "Failed", exit_code=1))
+    failed = step(spec, pods)
+    assert failed.status.state == "Failed"
+    assert sorted(failed.delete) == [(CHIEF, 0), (PS, 0), (WORKER, 0)]
 
 
 def test_worker0_success_without_chief() -> None:
@@ -253,14 +284,17 @@ def test_clean_pod_policies(policy: str, expected: list) -> None:
     spec = ps_spec(workers=1, ps=1, runPolicy={"cleanPodPolicy": policy})
     pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))
     pods = replace(pods, pod(WORKER, 0, "Succeeded", exit_code=0))
-    assert sorted(step(spec, pods).delete) == expected
+    done = step(spec, pods)
+    assert sorted(step(spec, pods, done.status, at=T0 + timedelta(seconds=SELF_EXIT_GRACE_SECONDS)).delete) == expected
 
 
 def test_ttl_deletes_the_finished_job_when_due() -> None:
     spec = ps_spec(workers=1, ps=1, runPolicy={"ttlSecondsAfterFinished": 60})
     pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))
     done = step(spec, pods)
-    assert done.requeue_after == pytest.approx(60) and not done.delete_job
+    assert done.requeue_after == pytest.approx(SELF_EXIT_GRACE_SECONDS) and not done.delete_job  # the running ps
+    servers_ended = [p if p.role == CHIEF else pod(p.role, p.index, "Succeeded", exit_code=0) for p in pods]
+    assert step(spec, servers_ended, done.status).requeue_after == pytest.approx(60)
     later = step(spec, pods, done.status, at=T0 + timedelta(seconds=61))
     assert later.delete_job
 

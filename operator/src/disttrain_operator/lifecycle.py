@@ -84,6 +84,12 @@ class Plan:
     requeue_after: float | None = None
 
 
+# After success, pods still running get this long to end by themselves before cleanPodPolicy stops them:
+# the trainer's servers exit 0 about a second after the chief's shutdown token, and a pod that ends by
+# itself keeps its logs and shows Completed. Nothing ends a failed job by itself, so failure stops them at once.
+SELF_EXIT_GRACE_SECONDS = 15.0
+
+
 def format_time(moment: datetime) -> str:
     """RFC 3339 in UTC with seconds, as Kubernetes writes times."""
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -229,15 +235,29 @@ def _state(status: DistTrainJobStatus) -> JobState:
     return "Pending"
 
 
+def _requeue(b: _Builder, seconds: float) -> None:
+    """Look again after `seconds` (the earliest of every reason to)."""
+    current = b.plan.requeue_after
+    b.plan.requeue_after = seconds if current is None else min(current, seconds)
+
+
 def _after_finish(b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]) -> Plan:
-    b.plan.delete = cleanup_targets(spec.run_policy.clean_pod_policy, observed)
+    targets = cleanup_targets(spec.run_policy.clean_pod_policy, observed)
+    if b.status.is_true("Succeeded") and b.status.completion_time:
+        grace_ends = parse_time(b.status.completion_time) + timedelta(seconds=SELF_EXIT_GRACE_SECONDS)
+        if b.now < grace_ends:
+            running = {(o.role, o.index) for o in observed if o.active}
+            targets = [key for key in targets if key not in running]
+            if running:
+                _requeue(b, (grace_ends - b.now).total_seconds())
+    b.plan.delete = targets
     ttl = spec.run_policy.ttl_seconds_after_finished
     if ttl is not None and b.status.completion_time:
         expiry = parse_time(b.status.completion_time) + timedelta(seconds=ttl)
         if b.now >= expiry:
             b.plan.delete_job = True
         else:
-            b.plan.requeue_after = (expiry - b.now).total_seconds()
+            _requeue(b, (expiry - b.now).total_seconds())
     b.status.state = _state(b.status)
     return b.plan
 

@@ -32,11 +32,10 @@ import yaml
 
 from . import api, lifecycle, tfconfig
 from .api import DistTrainJobSpec, ReplicaType
-from .lifecycle import ReplicaObservation
+from .lifecycle import SELF_EXIT_GRACE_SECONDS, ReplicaObservation
 
 POLL_SECONDS = 0.5
 RESTART_DELAY_SECONDS = 1.0
-SELF_EXIT_GRACE_SECONDS = 15.0
 TERM_GRACE_SECONDS = 5.0
 PROGRESS_PATTERN = re.compile(r"^progress\s+(?P<fields>.*)$")
 FINAL_PREFIX = "final "
