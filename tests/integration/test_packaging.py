@@ -469,7 +469,9 @@ def job_body(name: str) -> Obj:
         "spec": {
             "image": IMAGE,
             "replicaSpecs": {"chief": {"replicas": 1}, "ps": {"replicas": 1}, "worker": {"replicas": 1}},
-            "runPolicy": {"cleanPodPolicy": "Running", "ttlSecondsAfterFinished": 5},
+            # cleanPodPolicy stops pods still running 15 s after success (their grace to end by themselves);
+            # the job itself goes after the TTL
+            "runPolicy": {"cleanPodPolicy": "Running", "ttlSecondsAfterFinished": 20},
         },
     }
 
