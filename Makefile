@@ -62,7 +62,7 @@ api-docs: venv ## Regenerate docs/api.md from the API models
 bench: venv ## Benchmarks (JSON and PNG under bench/results/)
 	$(PY) bench/trainer.py
 
-kind-e2e: ## kind end to end: build both images, helm install, run examples/mnist-ps.yaml to Succeeded (needs docker, kind, helm)
+kind-e2e: venv ## The e2e tests of `make e2e` on a kind cluster instead (needs docker, kind, kubectl, helm)
 	@bash hack/kind-e2e.sh
 
 clean: ## Remove the venv and local outputs

@@ -772,7 +772,12 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--authorization-mode={'Node,RBAC' if self.node_ip else 'RBAC'}",
-            *(["--enable-admission-plugins=NodeRestriction"] if self.node_ip else []),
+            # kubelets by their InternalIP: never a DNS lookup of a node name on the host's resolver
+            *(
+                ["--enable-admission-plugins=NodeRestriction", "--kubelet-preferred-address-types=InternalIP"]
+                if self.node_ip
+                else []
+            ),
             f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             "--allow-privileged=true",

@@ -44,6 +44,7 @@ OPERATOR_NAMESPACE = "disttrain-system"
 DATA_MOUNT = "/data/mnist"
 E2E_STEPS = int(os.environ["E2E_STEPS"]) if os.environ.get("E2E_STEPS") else None  # None: the example's own
 E2E_CPU_REQUEST = "100m"
+HELM_FLAGS = ("--create-namespace", "--set", "image.pullPolicy=Never", "--wait", "--timeout", "5m")
 
 
 def log(message: str) -> None:
@@ -92,50 +93,31 @@ def prepare() -> dict[str, float]:
     return timings
 
 
-# ------------------------------------------------------------------------------------ the cluster
+# ------------------------------------------------------------------------------------ the clusters
 
 
-class E2ECluster:
-    """Control plane + one real node + the operator installed from the chart as a pod."""
+class Cluster:
+    """What the e2e tests need of a cluster with the operator installed; subclasses bring one up and down.
+    The steps after the cluster exists (install, run, check) are the same for every kind of cluster."""
 
-    def __init__(self, root: Path = E2E_DIR, detach: bool = False):
-        """`detach`: the processes outlive this Python process (`e2e.py up`); `down` finds them by their state."""
-        self.root = root
-        self.cp = controlplane.ControlPlane(
-            workdir=root / "cp", node_ip=realnode.NODE_IP, startup_timeout=120, detach=detach
-        )
-        self.node = realnode.RealNode(self.cp, root / "node", root / "containerd", detach=detach)
-        self.timings: dict[str, float] = {}
+    root: Path
+    timings: dict[str, float]
 
-    @property
-    def cp_state(self) -> Path:
-        return self.root / "cp-state.json"
+    def env(self) -> dict[str, str]:
+        """Environment for kubectl and helm (KUBECONFIG, PATH)."""
+        raise NotImplementedError
 
-    def up(self) -> E2ECluster:
-        try:
-            self.down()  # whatever a crashed run left behind
-            self._timed("node network", self.node.prepare)
-            shutil.rmtree(self.root / "cp", ignore_errors=True)
-            self._timed("control plane", self.cp.start)
-            self.cp_state.write_text(json.dumps(self.cp.state()))
-            self._timed("containerd", self.node.start_runtime)
-            self._timed("image load", lambda: sh("bash", "hack/images.sh", "load", str(self.node.socket)))
-            self._timed("node Ready", self.node.start_node)
-            self._timed("helm install", self.install_operator)
-        except BaseException:
-            log(f"start failed; logs:\n{self.cp.log_tails(20)}\n{self.node.log_tails(20)}")
-            self.down()
-            raise
-        return self
+    def kill_trainer(self, container_id: str) -> None:
+        """SIGKILL a container's main process through the node's containerd."""
+        raise NotImplementedError
 
-    def down(self) -> None:
-        """Stop the node, then the control plane (this object's, or the one recorded by an earlier `up`)."""
-        self.node.stop()
-        self.cp.stop()
-        if self.cp_state.exists():
-            state = json.loads(self.cp_state.read_text())
-            controlplane.stop_pids(state.get("pids", {}), expect=state.get("binaries"))
-            self.cp_state.unlink()
+    def dns_queries(self) -> str | None:
+        """What the cluster DNS logged, or None where it logs no queries."""
+        return None
+
+    def node_folder(self, path: Path) -> Path:
+        """Create a folder on the node, writable by any user (for a local PersistentVolume)."""
+        raise NotImplementedError
 
     def _timed(self, what: str, step) -> None:
         start = time.monotonic()
@@ -145,29 +127,23 @@ class E2ECluster:
         log(f"{what}: {self.timings[what]} s")
 
     def kubectl(self, *args: str, check: bool = True, input: str | None = None, timeout: float = 120):
-        return self.cp.kubectl(*args, check=check, input=input, timeout=timeout)
+        return subprocess.run(
+            ["kubectl", *args],
+            env=self.env(),
+            check=check,
+            input=input,
+            text=True,
+            capture_output=True,
+            timeout=timeout,
+        )
 
     def install_operator(self) -> None:
-        """helm install the chart with the image built here (never pulled: it is in the node's containerd)."""
-        helm = str(self.cp.bin_dir / "helm")
-        env = {**self.cp.env(), "HELM_CACHE_HOME": str(self.root / "helm"), "HELM_CONFIG_HOME": str(self.root / "helm")}
+        """helm install the chart with the image built here (never pulled: it is already on the node)."""
+        helm_home = str(self.root / "helm")
+        chart = str(REPO / "charts" / "disttrain")
         subprocess.run(
-            [
-                helm,
-                "upgrade",
-                "--install",
-                "disttrain",
-                str(REPO / "charts" / "disttrain"),
-                "--namespace",
-                OPERATOR_NAMESPACE,
-                "--create-namespace",
-                "--set",
-                "image.pullPolicy=Never",
-                "--wait",
-                "--timeout",
-                "5m",
-            ],
-            env=env,
+            ["helm", "upgrade", "--install", "disttrain", chart, "--namespace", OPERATOR_NAMESPACE, *HELM_FLAGS],
+            env={**self.env(), "HELM_CACHE_HOME": helm_home, "HELM_CONFIG_HOME": helm_home},
             check=True,
             capture_output=True,
             text=True,
@@ -211,6 +187,123 @@ class E2ECluster:
         )
 
 
+class LocalNodeCluster(Cluster):
+    """The control plane of hack/controlplane.py + one real node of hack/node.py, on this machine."""
+
+    def __init__(self, root: Path = E2E_DIR, detach: bool = False):
+        """`detach`: the processes outlive this Python process (`e2e.py up`); `down` finds them by their state."""
+        self.root = root
+        self.cp = controlplane.ControlPlane(
+            workdir=root / "cp", node_ip=realnode.NODE_IP, startup_timeout=120, detach=detach
+        )
+        self.node = realnode.RealNode(self.cp, root / "node", root / "containerd", detach=detach)
+        self.timings = {}
+
+    @property
+    def cp_state(self) -> Path:
+        return self.root / "cp-state.json"
+
+    def up(self) -> LocalNodeCluster:
+        try:
+            self.down()  # whatever a crashed run left behind
+            self._timed("node network", self.node.prepare)
+            shutil.rmtree(self.root / "cp", ignore_errors=True)
+            self._timed("control plane", self.cp.start)
+            self.cp_state.write_text(json.dumps(self.cp.state()))
+            self._timed("containerd", self.node.start_runtime)
+            self._timed("image load", lambda: sh("bash", "hack/images.sh", "load", str(self.node.socket)))
+            self._timed("node Ready", self.node.start_node)
+            self._timed("helm install", self.install_operator)
+        except BaseException:
+            log(f"start failed; logs:\n{self.cp.log_tails(20)}\n{self.node.log_tails(20)}")
+            self.down()
+            raise
+        return self
+
+    def down(self) -> None:
+        """Stop the node, then the control plane (this object's, or the one recorded by an earlier `up`)."""
+        self.node.stop()
+        self.cp.stop()
+        if self.cp_state.exists():
+            state = json.loads(self.cp_state.read_text())
+            controlplane.stop_pids(state.get("pids", {}), expect=state.get("binaries"))
+            self.cp_state.unlink()
+
+    def env(self) -> dict[str, str]:
+        return self.cp.env()
+
+    def kill_trainer(self, container_id: str) -> None:
+        sh("ctr", "-a", str(self.node.socket), "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", container_id)
+
+    def dns_queries(self) -> str | None:
+        return (self.node.log_dir / "coredns.log").read_text(errors="replace")
+
+    def node_folder(self, path: Path) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        path.chmod(0o777)  # the trainer runs as 10001; fsGroup does not apply to local volumes
+        return path
+
+
+class KindCluster(Cluster):
+    """A kind cluster (docker, kind, kubectl and helm on PATH, images pulled from a registry): `make kind-e2e`."""
+
+    def __init__(self, name: str = "disttrain", root: Path = E2E_DIR / "kind"):
+        self.name, self.root, self.timings = name, root, {}
+        self.kubeconfig = root / "kubeconfig"
+        self.node_container = f"{name}-control-plane"
+
+    def up(self) -> KindCluster:
+        self.root.mkdir(parents=True, exist_ok=True)
+        clusters = subprocess.run(["kind", "get", "clusters"], capture_output=True, text=True, check=True).stdout
+        if self.name not in clusters.split():
+            config = {"kind": "Cluster", "apiVersion": "kind.x-k8s.io/v1alpha4", "nodes": [{"role": "control-plane"}]}
+            mnist = os.environ.get("MNIST_DIR")
+            if mnist:  # the job override mounts MNIST_DIR from the node at the same path
+                config["nodes"][0]["extraMounts"] = [{"hostPath": mnist, "containerPath": mnist, "readOnly": True}]
+            (self.root / "kind.yaml").write_text(yaml.safe_dump(config))
+            self._timed("kind create", self._create)
+        kubeconfig = subprocess.run(
+            ["kind", "get", "kubeconfig", "--name", self.name], capture_output=True, text=True, check=True
+        ).stdout
+        self.kubeconfig.write_text(kubeconfig)
+        images = [
+            os.environ.get("OPERATOR_IMAGE", "disttrain/operator:0.1.0"),
+            os.environ.get("TRAINER_IMAGE", "disttrain/trainer:0.1.0"),
+        ]
+        build_env = {**os.environ, "PYTHON_IMAGE": os.environ.get("PYTHON_IMAGE", "python:3.11.13-slim-bookworm")}
+        self._timed("images", lambda: sh("bash", "hack/images.sh", "build", "operator", "trainer", env=build_env))
+        self._timed("kind load", lambda: sh("kind", "load", "docker-image", "--name", self.name, *images))
+        self._timed("helm install", self.install_operator)
+        return self
+
+    def _create(self) -> None:
+        config = str(self.root / "kind.yaml")
+        sh("kind", "create", "cluster", "--name", self.name, "--config", config, "--wait", "180s")
+
+    def down(self) -> None:
+        """The kind cluster stays for inspection; `hack/kind-e2e.sh down` (or TEARDOWN=1) deletes it."""
+
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+    def kill_trainer(self, container_id: str) -> None:
+        sh("docker", "exec", self.node_container, "ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", container_id)
+
+    def node_folder(self, path: Path) -> Path:
+        sh("docker", "exec", self.node_container, "sh", "-c", f"mkdir -p '{path}' && chmod 777 '{path}'")
+        return path
+
+
+def make_cluster() -> Cluster:
+    """The cluster the e2e tests run on: DISTTRAIN_E2E_CLUSTER=local (default: a real node here) or kind."""
+    kind = os.environ.get("DISTTRAIN_E2E_CLUSTER", "local")
+    if kind == "kind":
+        return KindCluster(os.environ.get("CLUSTER", "disttrain"))
+    if kind != "local":
+        raise ValueError(f"DISTTRAIN_E2E_CLUSTER={kind!r}: use local or kind")
+    return LocalNodeCluster()
+
+
 # ------------------------------------------------------------------------------------ jobs
 
 
@@ -242,9 +335,8 @@ def local_node_job(manifest: list[dict], mnist_dir: Path, steps: int | None = E2
 
 
 def local_volume(name: str, path: Path, size: str = "1Gi") -> dict:
-    """A `local` PersistentVolume on the node for a claim without a storage class."""
-    path.mkdir(parents=True, exist_ok=True)
-    path.chmod(0o777)  # the trainer runs as 10001; fsGroup does not apply to local volumes
+    """A `local` PersistentVolume on the node (at `path`, which must exist there) for a claim without a
+    storage class."""
     selector = {"key": "kubernetes.io/hostname", "operator": "In", "values": [realnode.NODE_NAME]}
     return {
         "apiVersion": "v1",
@@ -267,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
         for step, seconds in prepare().items():
             log(f"{step}: {seconds:.0f} s")
         return 0
-    cluster = E2ECluster(detach=command == "up")
+    cluster = LocalNodeCluster(detach=command == "up")
     if command == "up":
         cluster.up()
         log(f"up: {cluster.timings}; export KUBECONFIG={cluster.cp.kubeconfig}")

@@ -179,31 +179,13 @@ def test_kind_e2e_script_is_shellcheck_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
-def test_kind_e2e_script_extracts_the_final_accuracy_from_a_chief_log() -> None:
-    log = "\n".join([
-        "progress step=1200/1200 loss=0.0812 accuracy=0.9800 examples_per_sec=812.5",
-        'eval step=1200 loss=0.1 accuracy=0.9700',
-        'final ' + json.dumps({"accuracy": 0.9713, "loss": 0.09, "train_accuracy": 0.99}, sort_keys=True),
-    ])
-    result = subprocess.run(
-        ["bash", "-c", f"source {KIND_E2E} && final_accuracy"], input=log, capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == "0.9713"
-
-
-def test_kind_e2e_script_runs_what_the_packaging_documents() -> None:
+def test_kind_e2e_script_runs_the_shared_e2e_tests_on_kind() -> None:
     script = KIND_E2E.read_text()
-    for command in (
-        "docker build --target operator",
-        "docker build --target trainer",
-        "kind load docker-image",
-        'helm upgrade --install disttrain "$ROOT/charts/disttrain"',
-        "--for=condition=Succeeded",
-        "port-forward service/mnist-tensorboard 6006:6006",
-        "kind delete cluster",
-    ):
+    for command in ("DISTTRAIN_E2E_CLUSTER=kind", "-m pytest -m e2e tests/e2e", "kind delete cluster"):
         assert command in script, command
-    assert "EXAMPLE=${EXAMPLE:-examples/mnist-ps.yaml}" in script
+    shared = (ROOT / "hack" / "e2e.py").read_text()
+    for command in ('"kind", "load", "docker-image"', '"kind", "create", "cluster"', '"helm", "upgrade", "--install"'):
+        assert command in shared, command
     usage = subprocess.run(["bash", str(KIND_E2E), "bogus"], capture_output=True, text=True, check=False)
     assert usage.returncode == 1 and "usage:" in usage.stderr
 
