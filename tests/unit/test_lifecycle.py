@@ -107,6 +107,20 @@ def test_after_failure_running_pods_are_stopped_at_once() -> None:
     assert sorted(failed.delete) == [(CHIEF, 0), (PS, 0), (WORKER, 0)]
 
 
+@pytest.mark.parametrize("worker_code", [1, 137])
+def test_chief_success_decides_even_when_a_worker_fails_in_the_same_pass(worker_code: int) -> None:
+    # ChiefOrWorker0: the chief decides. Failures used to be checked first, so the same events seen in one
+    # pass ended Failed (exit 1) or posted a "recreating" event and counted a restart (exit 137) for a
+    # pod that is never recreated, while seen one after the other they ended Succeeded.
+    spec = ps_spec(workers=2, ps=1)
+    pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))
+    pods = replace(pods, pod(WORKER, 1, "Failed", exit_code=worker_code))
+    plan = step(spec, pods)
+    assert plan.status.state == "Succeeded"
+    assert reasons(plan) == ["Created", "JobSucceeded"]
+    assert plan.status.restarts == 0
+
+
 def test_worker0_success_without_chief() -> None:
     spec = spec_from({"worker": {"replicas": 3}})
     pods = replace(all_running(spec), pod(WORKER, 0, "Succeeded", exit_code=0))

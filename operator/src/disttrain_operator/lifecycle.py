@@ -360,6 +360,18 @@ def _decide(
             return _after_finish(b, spec, observed)
         b.plan.requeue_after = remaining
 
+    # The success policy decides first: what else failed in the same pass does not change the outcome, and a
+    # pod that will never be recreated is not counted as a restart.
+    if _succeeded(spec, by_key):
+        who = (
+            "every worker"
+            if spec.success_policy == "AllWorkers"
+            else ("the chief" if spec.replica_specs.count(ReplicaType.CHIEF) else "worker 0")
+        )
+        b.finish(True, "JobSucceeded", f"{who} completed successfully")
+        status.results = training_results(by_key.get(reporting_replica(spec)))
+        return _after_finish(b, spec, observed)
+
     in_place = [
         f"{role}: {r.restarts - previous.replica_statuses[role].restarts} container restart(s)"
         for role, r in status.replica_statuses.items()
@@ -377,16 +389,6 @@ def _decide(
             "BackoffLimitExceeded",
             f"{status.restarts} restarts exceed backoffLimit {spec.run_policy.backoff_limit}",
         )
-        return _after_finish(b, spec, observed)
-
-    if _succeeded(spec, by_key):
-        who = (
-            "every worker"
-            if spec.success_policy == "AllWorkers"
-            else ("the chief" if spec.replica_specs.count(ReplicaType.CHIEF) else "worker 0")
-        )
-        b.finish(True, "JobSucceeded", f"{who} completed successfully")
-        status.results = training_results(by_key.get(reporting_replica(spec)))
         return _after_finish(b, spec, observed)
 
     if in_place:
