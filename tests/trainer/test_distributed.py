@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from disttrain_trainer.launch import LocalCluster, local_cluster, start_cluster, start_task
+from disttrain_trainer.servers import CHIEF_GONE_EXIT_CODE
 
 pytestmark = pytest.mark.slow
 
@@ -169,8 +170,9 @@ def test_servers_exit_on_sigterm_and_when_the_chief_is_gone(tmp_path: Path) -> N
         finally:
             fake_chief.close()
         try:
-            assert orphan.process.wait(30) == 0, orphan.stderr.read_text()[-2000:]
-            assert "done" in orphan.output()
+            # not 0: a server whose chief vanished must not look successful after a failed job
+            assert orphan.process.wait(30) == CHIEF_GONE_EXIT_CODE, orphan.stderr.read_text()[-2000:]
+            assert "error: the chief at" in orphan.stderr.read_text()
         finally:
             for task in (terminated, orphan):
                 if task.process.poll() is None:

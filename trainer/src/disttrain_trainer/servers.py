@@ -5,7 +5,7 @@ therefore waits on two things at once:
   * a shutdown token: a FIFO queue with a well-known shared name on its own device, into which the chief
     enqueues one element per task when training succeeded (all tasks exit within a second);
   * the chief's port: once seen open, if it stays closed for `grace` seconds the chief is gone for good
-    (crashed and not restarted), and the server exits too.
+    (crashed and not restarted), and the server exits too, with CHIEF_GONE_EXIT_CODE: not a success.
 SIGTERM/SIGINT keep their default action, which ends the process at once.
 """
 
@@ -26,6 +26,7 @@ log = logging.getLogger(__name__)
 
 SHUTDOWN_QUEUE = "disttrain_shutdown"
 SEND_TIMEOUT = 5.0
+CHIEF_GONE_EXIT_CODE = 3  # the chief vanished without sending the shutdown token: not a success
 TOKEN_EXIT_DELAY = 1.0  # lets the chief's call that delivered the token return before this server goes
 
 
@@ -101,13 +102,13 @@ def serve(config: ClusterConfig, threads: int, grace: float, never_seen_timeout:
     while not token.wait(1.0):
         state = watcher.status()
         if state == "gone":
-            log.info("chief %s unreachable for %.0fs: exiting", chief, grace)
-            break
+            message = f"the chief at {chief} has been unreachable for {grace:.0f}s without ending the run"
+            print(f"disttrain-trainer: error: {message}", file=sys.stderr, flush=True)
+            return CHIEF_GONE_EXIT_CODE
         if state == "never-started":
             print(f"disttrain-trainer: error: chief {chief} never came up", file=sys.stderr, flush=True)
             return 1
-    else:
-        time.sleep(TOKEN_EXIT_DELAY)
+    time.sleep(TOKEN_EXIT_DELAY)
     print(f"{config.task_type}:{config.task_index} done", flush=True)
     return 0
 
