@@ -150,6 +150,13 @@ def test_secure_defaults_without_template() -> None:
     assert container(pod)["securityContext"] == {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
 
 
+def test_trainer_pods_mount_no_service_account_token_unless_the_template_asks() -> None:
+    # The trainer never calls the API; a mounted token is only a credential to steal (#11).
+    assert pod_for(make_spec())["spec"]["automountServiceAccountToken"] is False
+    asking = make_spec(worker={"replicas": 1, "template": {"spec": {"automountServiceAccountToken": True}}})
+    assert pod_for(asking)["spec"]["automountServiceAccountToken"] is True
+
+
 def test_template_merged_under_operator_settings() -> None:
     template = {
         "metadata": {"labels": {"team": "a", LABEL_JOB: "spoofed"}, "annotations": {"note": "x"}},

@@ -126,7 +126,8 @@ def output_dir(spec: DistTrainJobSpec, job_name: str) -> str | None:
 
 
 def _secure_defaults(pod_spec: Obj) -> None:
-    """Restricted-profile settings wherever the template left them unset."""
+    """Restricted-profile settings, and no service-account token, wherever the template left them unset."""
+    pod_spec.setdefault("automountServiceAccountToken", False)  # the trainer never calls the API
     pod_security = pod_spec.setdefault("securityContext", {})
     pod_security.setdefault("runAsNonRoot", True)
     pod_security.setdefault("seccompProfile", {"type": "RuntimeDefault"})
