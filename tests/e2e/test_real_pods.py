@@ -31,6 +31,9 @@ MIN_ACCURACY = 0.97
 JOB_TIMEOUT = 900.0
 
 
+SUMMARY: dict[str, dict] = {}  # what the run measured, written to <cluster root>/summary.json
+
+
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[e2e.Cluster]:
     cluster = e2e.make_cluster().up()
@@ -38,10 +41,16 @@ def cluster() -> Iterator[e2e.Cluster]:
         yield cluster
     finally:
         cluster.down()
+        SUMMARY["cluster seconds"] = cluster.timings
+        (cluster.root / "summary.json").write_text(json.dumps(SUMMARY, indent=2, sort_keys=True) + "\n")
+        e2e.log(f"summary in {cluster.root / 'summary.json'}: {json.dumps(SUMMARY, sort_keys=True)}")
 
 
 def results(cluster: e2e.Cluster, job: str) -> dict:
-    return cluster.get(f"dtj/{job}")["status"].get("results") or {}
+    """The job's status.results (also kept for the run's summary)."""
+    found = cluster.get(f"dtj/{job}")["status"].get("results") or {}
+    SUMMARY[job] = found
+    return found
 
 
 def pod_named(cluster: e2e.Cluster, job: str, name: str) -> dict:
@@ -95,6 +104,7 @@ def ps_job(cluster: e2e.Cluster, mnist_dir: Path) -> dict:
     wait_for_log_line(cluster, "mnist-ps-chief-0", "progress step=", timeout=600)
     killed_uid = kill_container(cluster, "mnist-ps-worker-1")
     cluster.wait_condition("mnist-ps", "Succeeded", timeout=JOB_TIMEOUT)
+    results(cluster, "mnist-ps")
     pods = cluster.settled_pods("mnist-ps")
     return {"killed_uid": killed_uid, "job": cluster.get("dtj/mnist-ps"), "pods": pods}
 
