@@ -133,14 +133,18 @@ def test_ps_chief_logs_progress_and_resolves_peers_through_coredns(cluster: e2e.
         pod_named(cluster, "mnist-ps", "mnist-ps-chief-0")["metadata"]["annotations"]["disttrain.io/tf-config"]
     )
     host = config["cluster"]["ps"][0].split(":")[0]
-    assert host.startswith("mnist-ps-ps-0.mnist-ps.")
+    assert host == "mnist-ps-ps-0.default.svc"  # the task's own Service
     queries = cluster.dns_queries()  # None where the cluster DNS logs no queries (kind)
-    assert queries is None or "mnist-ps-ps-0.mnist-ps.default.svc.cluster.local" in queries
+    assert queries is None or "mnist-ps-ps-0.default.svc.cluster.local" in queries
 
 
 def test_ps_worker_killed_with_sigkill_is_recreated_and_counted(ps_job: dict) -> None:
     worker = next(p for p in ps_job["pods"] if p["metadata"]["name"] == "mnist-ps-worker-1")
     assert worker["metadata"]["uid"] != ps_job["killed_uid"], "the killed pod was recreated"
+    # The replacement has a new pod IP; the chief must reach it at the task's address: it ends by itself on
+    # the chief's shutdown token instead of being stopped by clean-up (it was, while TF_CONFIG named pod IPs).
+    assert worker["status"]["phase"] == "Succeeded", worker["status"]
+    assert terminated(worker)["reason"] == "Completed"
     assert ps_job["job"]["status"]["restarts"] >= 1
     assert ps_job["job"]["status"]["replicaStatuses"]["worker"]["restarts"] >= 1
 

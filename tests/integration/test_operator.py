@@ -25,7 +25,7 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 
 from disttrain_operator.api import GROUP, PLURAL, VERSION
-from disttrain_operator.builders import ANNOTATION_TF_CONFIG, LABEL_JOB
+from disttrain_operator.builders import ANNOTATION_TF_CONFIG, LABEL_INDEX, LABEL_JOB
 from disttrain_operator.kube import Kube
 
 pytestmark = pytest.mark.cluster
@@ -174,7 +174,12 @@ def test_job_runs_to_success(cluster: Cluster, control_plane: Any) -> None:
     assert [(p.name, p.port) for p in service.spec.ports] == [("tf-port", 2222)]
 
     def address(role: str, index: int) -> str:
-        return f"{job}-{role}-{index}.{job}.{cluster.ns}.svc:2222"
+        return f"{job}-{role}-{index}.{cluster.ns}.svc:2222"
+
+    for task in ("chief-0", "ps-0", "worker-0", "worker-1"):  # each training task's own stable address
+        task_service = cluster.core.read_namespaced_service(f"{job}-{task}", cluster.ns)
+        assert task_service.spec.cluster_ip not in (None, "None")
+        assert task_service.spec.selector[LABEL_INDEX] == task.rsplit("-", 1)[1]
 
     cluster_spec = {"chief": [address("chief", 0)], "ps": [address("ps", 0)],
                     "worker": [address("worker", 0), address("worker", 1)]}

@@ -16,6 +16,7 @@ from disttrain_operator.builders import (
     LABEL_ROLE,
     build_pod,
     build_service,
+    build_task_service,
     deep_merge,
     observe_pod,
 )
@@ -40,6 +41,17 @@ def env_of(pod: dict[str, Any], name: str = "tensorflow") -> dict[str, str]:
 
 
 # ---------------------------------------------------------------- service
+
+
+def test_each_training_task_has_its_own_service_in_front_of_its_pod() -> None:
+    spec = make_spec()
+    service = build_task_service(JOB, NS, UID, spec, ReplicaType.WORKER, 1)
+    assert service["metadata"]["name"] == "mnist-worker-1"
+    assert service["metadata"]["ownerReferences"][0]["uid"] == UID
+    assert "clusterIP" not in service["spec"], "a virtual IP that stays when the pod is recreated"
+    assert service["spec"]["publishNotReadyAddresses"] is True
+    assert service["spec"]["selector"] == {LABEL_JOB: JOB, LABEL_ROLE: "worker", LABEL_INDEX: "1"}
+    assert service["spec"]["ports"] == [{"name": "tf-port", "port": 2222, "targetPort": 2222, "protocol": "TCP"}]
 
 
 def test_service_is_one_headless_service_publishing_not_ready_addresses() -> None:
@@ -85,7 +97,7 @@ def test_tf_config_in_env_and_annotation_is_parsed_by_tensorflow() -> None:
     spec = make_spec(chief={"replicas": 1}, ps={"replicas": 2}, worker={"replicas": 3}, evaluator={"replicas": 1})
 
     def address(role: str, index: int) -> str:
-        return f"mnist-{role}-{index}.mnist.team-a.svc:2222"
+        return f"mnist-{role}-{index}.team-a.svc:2222"
 
     expected = {
         "chief": [address("chief", 0)],

@@ -10,12 +10,14 @@ from disttrain_operator.tfconfig import cluster_spec, pod_name, service_address_
 from .helpers import ps_spec, spec_from
 
 
-def test_cluster_uses_stable_service_dns_names() -> None:
+def test_cluster_uses_each_tasks_own_service_name() -> None:
+    # A Service per task (a stable virtual IP), not the pod's own DNS record: a recreated pod gets a new IP,
+    # and TensorFlow keeps dialling the address it resolved first (seen on a real node).
     cluster = cluster_spec(ps_spec(workers=2, ps=1), service_address_of("mnist", "team-a", 2222))
     assert cluster == {
-        "chief": ["mnist-chief-0.mnist.team-a.svc:2222"],
-        "worker": ["mnist-worker-0.mnist.team-a.svc:2222", "mnist-worker-1.mnist.team-a.svc:2222"],
-        "ps": ["mnist-ps-0.mnist.team-a.svc:2222"],
+        "chief": ["mnist-chief-0.team-a.svc:2222"],
+        "worker": ["mnist-worker-0.team-a.svc:2222", "mnist-worker-1.team-a.svc:2222"],
+        "ps": ["mnist-ps-0.team-a.svc:2222"],
     }
 
 

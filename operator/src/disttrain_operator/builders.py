@@ -92,6 +92,24 @@ def build_service(job_name: str, namespace: str, uid: str, spec: DistTrainJobSpe
     }
 
 
+def build_task_service(
+    job_name: str, namespace: str, uid: str, spec: DistTrainJobSpec, role: ReplicaType, index: int
+) -> Obj:
+    """The Service of one training task, named like its pod: a stable virtual IP (tfconfig's addresses) in front
+    of whichever pod runs the task now, ready or not."""
+    labels = replica_labels(job_name, role, index)
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(pod_name(job_name, role, index), namespace, labels, job_name, uid),
+        "spec": {
+            "publishNotReadyAddresses": True,
+            "selector": {key: labels[key] for key in (LABEL_JOB, LABEL_ROLE, LABEL_INDEX)},
+            "ports": [{"name": PORT_NAME, "port": spec.port, "targetPort": spec.port, "protocol": "TCP"}],
+        },
+    }
+
+
 def deep_merge(base: Any, override: Any) -> Any:
     """`override` merged onto a copy of `base`: dicts merge key by key, anything else is replaced."""
     if isinstance(base, dict) and isinstance(override, dict):

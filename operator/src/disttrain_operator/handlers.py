@@ -24,10 +24,19 @@ import kopf
 
 from . import metrics
 from .api import GROUP, PLURAL, VERSION, DistTrainJobSpec, DistTrainJobStatus, InvalidSpecError, parse_spec
-from .builders import LABEL_JOB, LABEL_ROLE, build_pod, build_service, controller_uid, observe_pod, pod_replica
+from .builders import (
+    LABEL_JOB,
+    LABEL_ROLE,
+    build_pod,
+    build_service,
+    build_task_service,
+    controller_uid,
+    observe_pod,
+    pod_replica,
+)
 from .kube import ForeignObjectError, Kube, RejectedObjectError, make_api_client
 from .lifecycle import Plan, ReplicaObservation, fail_invalid_spec, reconcile
-from .tfconfig import pod_name
+from .tfconfig import TRAINING_ROLES, pod_name
 
 JOB_RESOURCE = (GROUP, VERSION, PLURAL)
 POD_RESOURCE = ("", "v1", "pods")
@@ -280,9 +289,10 @@ async def apply_plan(
 ) -> Obj:
     """Status first (so restarts are never lost), events, pod deletions, the Service and pod creations, TTL.
 
-    The Service is created (or adopted) with every batch of new pods, so one deleted while the job runs is
-    back before a replacement pod needs its DNS name, and on `ensure_service` (job created, changed or
-    resumed) while the job is unfinished. Returns the job's status as now stored.
+    The job's Service is created (or adopted) with every batch of new pods, so one deleted while the job runs
+    is back before a replacement pod needs its DNS name, and on `ensure_service` (job created, changed or
+    resumed) while the job is unfinished; so is each new training pod's own Service (its stable address).
+    Returns the job's status as now stored.
     """
     meta = job["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
@@ -298,7 +308,10 @@ async def apply_plan(
             metrics.PODS_DELETED.inc()
     if spec is not None and (plan.create or (ensure_service and not plan.status.finished)):
         pods = [build_pod(name, namespace, uid, spec, role, i) for role, i in plan.create]
-        await create_children(state, job, [build_service(name, namespace, uid, spec), *pods])
+        task_services = [
+            build_task_service(name, namespace, uid, spec, role, i) for role, i in plan.create if role in TRAINING_ROLES
+        ]
+        await create_children(state, job, [build_service(name, namespace, uid, spec), *task_services, *pods])
     if plan.delete_job:
         await state.kube.delete_job(namespace, name)
     return stored

@@ -1,8 +1,10 @@
 """Cluster addresses and TF_CONFIG for a job (pure functions).
 
-Every task is reachable as `<job>-<role>-<index>.<job>.<namespace>.svc:<port>`: the pod's hostname and
-subdomain under one headless Service that publishes not-ready addresses, so the names resolve before
-any pod is ready. The cluster domain is left to the pod's DNS search path rather than hard-coded.
+Every training task is reachable as `<job>-<role>-<index>.<namespace>.svc:<port>`: its own Service, a virtual
+IP in front of whichever pod runs the task now, publishing not-ready addresses. TensorFlow resolves a peer's
+name once and keeps dialling that address, and a recreated pod gets a new IP, so a name that resolved to the
+pod itself would leave a replacement worker unreachable for the chief (seen on a real node). The cluster
+domain is left to the pod's DNS search path rather than hard-coded.
 """
 
 from __future__ import annotations
@@ -27,10 +29,10 @@ def pod_name(job_name: str, role: ReplicaType | str, index: int) -> str:
 
 
 def service_address_of(job_name: str, namespace: str, port: int) -> AddressOf:
-    """Addresses through the job's headless Service: `<pod>.<job>.<namespace>.svc:<port>`."""
+    """Addresses through each task's own Service: `<job>-<role>-<index>.<namespace>.svc:<port>`."""
 
     def address(role: ReplicaType, index: int) -> str:
-        return f"{pod_name(job_name, role, index)}.{job_name}.{namespace}.svc:{port}"
+        return f"{pod_name(job_name, role, index)}.{namespace}.svc:{port}"
 
     return address
 
