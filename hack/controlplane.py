@@ -481,6 +481,25 @@ def _set_pdeathsig() -> None:  # runs in the child between fork and exec
         pass
 
 
+def spawn_logged(log_dir: Path, name: str, cmd: list[str], cwd: Path, detach: bool) -> subprocess.Popen:
+    """Start `cmd` in its own session, output to `<log_dir>/<name>.log` and its command line in `<name>.cmd`;
+    unless `detach`, it gets SIGTERM when this process dies."""
+    log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 (kept open by the child)
+    (log_dir / f"{name}.cmd").write_text(" ".join(cmd) + "\n")
+    try:
+        return subprocess.Popen(
+            cmd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=cwd,
+            start_new_session=True,
+            preexec_fn=None if detach else _set_pdeathsig,
+        )
+    finally:
+        log.close()
+
+
 def stop_pids(pids: dict[str, int], expect: dict[str, str] | None = None, timeout: float = 15.0) -> list[str]:
     """SIGTERM every live PID (only if its command line still contains ``expect[name]``), then
     SIGKILL what is left after ``timeout``. Returns the names that were signalled."""
@@ -680,20 +699,8 @@ class ControlPlane:
     # -- internals ----------------------------------------------------------------------------
 
     def _spawn(self, name: str, args: list[str]) -> None:
-        assert self.log_dir is not None
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (kept open by the child)
-        cmd = [str(self.binaries[name]), *args]
-        (self.log_dir / f"{name}.cmd").write_text(" ".join(cmd) + "\n")
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-            preexec_fn=None if self.detach else _set_pdeathsig,
-        )
-        log.close()
+        assert self.log_dir is not None and self.workdir is not None
+        proc = spawn_logged(self.log_dir, name, [str(self.binaries[name]), *args], self.workdir, self.detach)
         self.procs[name] = proc
         self.pids[name] = proc.pid
 

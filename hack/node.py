@@ -442,18 +442,7 @@ class RealNode:
         self.state_file.write_text(json.dumps({"pids": self.pids, "sysctls": self.sysctls}, indent=2))
 
     def _spawn(self, name: str, cmd: list[str]) -> None:
-        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 (kept open by the child)
-        (self.log_dir / f"{name}.cmd").write_text(" ".join(cmd) + "\n")
-        proc = subprocess.Popen(
-            cmd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            cwd=self.workdir,
-            start_new_session=True,
-            preexec_fn=None if self.detach else controlplane._set_pdeathsig,
-        )
-        log.close()
+        proc = controlplane.spawn_logged(self.log_dir, name, cmd, self.workdir, self.detach)
         self.procs[name], self.pids[name] = proc, proc.pid
         self._save_state()
 
