@@ -302,6 +302,31 @@ def test_clean_pod_policies(policy: str, expected: list) -> None:
     assert sorted(step(spec, pods, done.status, at=T0 + timedelta(seconds=SELF_EXIT_GRACE_SECONDS)).delete) == expected
 
 
+@pytest.mark.parametrize(
+    ("runPolicy", "pods_change"),
+    [
+        ({"cleanPodPolicy": "None", "backoffLimit": 0}, "worker-restart"),
+        ({"cleanPodPolicy": "None", "activeDeadlineSeconds": 60}, "deadline"),
+    ],
+)
+def test_a_failed_job_stops_its_running_pods_even_under_clean_pod_policy_none(runPolicy: dict, pods_change: str):
+    # As the Job controller does: nothing ends a failed job's servers by themselves, so None keeps the
+    # finished pods (for their logs) but does not leave the rest running, holding resources (#10 item 12).
+    spec = ps_spec(workers=2, ps=1, runPolicy=runPolicy)
+    pods = all_running(spec)
+    at = T0
+    if pods_change == "worker-restart":
+        pods = replace(pods, pod(WORKER, 1, "Failed", exit_code=137))
+    else:
+        at = T0 + timedelta(seconds=61)
+    started = step(spec, all_running(spec))
+    plan = step(spec, pods, started.status, at=at)
+    assert plan.status.state == "Failed"
+    assert sorted(plan.delete) == [(CHIEF, 0), (PS, 0), (WORKER, 0)] + (
+        [] if pods_change == "worker-restart" else [(WORKER, 1)]
+    )
+
+
 def test_ttl_deletes_the_finished_job_when_due() -> None:
     spec = ps_spec(workers=1, ps=1, runPolicy={"ttlSecondsAfterFinished": 60})
     pods = replace(all_running(spec), pod(CHIEF, 0, "Succeeded", exit_code=0))

@@ -119,7 +119,8 @@ class RunPolicy(Model):
 
     clean_pod_policy: CleanPodPolicy = "Running"
     """Which pods to delete when the job finishes. Running (default): pods still running, such as
-    parameter servers, so nothing keeps holding resources; All: every pod; None: keep all."""
+    parameter servers, so nothing keeps holding resources; All: every pod; None: keep all. After a
+    failure, pods still running are stopped whatever the policy: nothing would end them."""
     backoff_limit: int = Field(default=6, ge=0)
     """Restarts and recreations of pods allowed, in total, before the job fails (BackoffLimitExceeded)."""
     active_deadline_seconds: int | None = Field(default=None, ge=1)

@@ -243,6 +243,8 @@ def _requeue(b: _Builder, seconds: float) -> None:
 
 def _after_finish(b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]) -> Plan:
     targets = cleanup_targets(spec.run_policy.clean_pod_policy, observed)
+    if b.status.is_true("Failed"):  # nothing ends a failed job's pods by themselves, whatever the policy keeps
+        targets += [(o.role, o.index) for o in observed if o.active and (o.role, o.index) not in targets]
     if b.status.is_true("Succeeded") and b.status.completion_time:
         grace_ends = parse_time(b.status.completion_time) + timedelta(seconds=SELF_EXIT_GRACE_SECONDS)
         if b.now < grace_ends:
