@@ -47,6 +47,16 @@ def test_server_applies_the_models_defaults(control_plane: Any, crd: None, names
         ("negative", {"worker": {"replicas": -1}}, "should be greater than or equal to 0"),
         ("bad-policy", {"worker": {"restartPolicy": "Sometimes"}}, 'Unsupported value: "Sometimes"'),
         ("always-chief", {"chief": {"restartPolicy": "Always"}, "worker": {}}, "job could never succeed"),
+        (
+            "sidecar-first",
+            {"worker": {"template": {"spec": {"containers": [{"name": "logger"}, {"name": "trainer"}]}}}},
+            "template.spec.containers has no container named 'tensorflow'",
+        ),
+        (
+            "sidecar-and-trainer",
+            {"worker": {"template": {"spec": {"containers": [{"name": "logger"}, {"name": "tensorflow"}]}}}},
+            None,
+        ),
         # 52 characters: worker pods fit 63; an evaluator with 0 replicas makes no pod, so no limit from it
         ("zero-evaluator-" + "a" * 37, {"chief": {}, "worker": {}, "evaluator": {"replicas": 0}}, None),
     ],

@@ -35,6 +35,11 @@ def test_camel_case_fields_are_read() -> None:
         ({"worker": {"replicas": -1}}, "spec.replicaSpecs.worker.replicas"),
         ({"worker": {"replicas": 1, "restartPolicy": "Sometimes"}}, "spec.replicaSpecs.worker.restartPolicy"),
         ({"worker": {"replicas": 1, "colour": "red"}}, "spec.replicaSpecs.worker.colour"),
+        # the trainer container is found by name, never by position (#11)
+        (
+            {"worker": {"template": {"spec": {"containers": [{"name": "logger"}, {"name": "trainer"}]}}}},
+            "spec.replicaSpecs.worker.template: template.spec.containers has no container named 'tensorflow'",
+        ),
     ],
 )
 def test_invalid_specs_name_the_field(replica_specs: dict, fragment: str) -> None:

@@ -215,11 +215,15 @@ def test_template_merged_under_operator_settings() -> None:
     assert spec.replica_specs.worker.template == template  # the spec itself is never mutated
 
 
-def test_first_container_is_the_trainer_when_none_is_named_tensorflow() -> None:
-    template = {"spec": {"containers": [{"name": "main"}, {"name": "logger", "image": "fluentbit"}]}}
+def test_the_trainer_is_the_container_named_tensorflow_never_the_first() -> None:
+    # Tried as a new user would: a log shipper listed first got the trainer image, TF_CONFIG and the port (#11).
+    logger = {"name": "logger", "image": "fluentbit", "args": ["-c", "/etc/fluent.conf"]}
+    template = {"spec": {"containers": [logger, {"name": "tensorflow"}]}}
     pod = pod_for(make_spec(worker={"replicas": 1, "template": template}))
-    assert "TF_CONFIG" in env_of(pod, "main")
-    assert "TF_CONFIG" not in env_of(pod, "logger")
+    first = pod["spec"]["containers"][0]
+    assert first == {**logger, "securityContext": first["securityContext"]}  # as written, plus secure defaults
+    assert "TF_CONFIG" in env_of(pod, "tensorflow")
+    assert container(pod, "tensorflow")["ports"][0]["containerPort"] == 2222
 
 
 def test_gpus_set_limit_and_toleration_once() -> None:

@@ -11,7 +11,7 @@ import re
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from pydantic.alias_generators import to_camel
 
 GROUP = "disttrain.io"
@@ -26,6 +26,48 @@ DEFAULT_IMAGE = "disttrain/trainer:0.1.0"
 DEFAULT_PORT = 2222
 DNS_LABEL_MAX = 63
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+TRAINER_CONTAINER = "tensorflow"
+MAX_TEMPLATE_CONTAINERS = 32
+
+# The trainer container is found by name, never by position: a sidecar listed first must not get the trainer's
+# image, TF_CONFIG and port. The same rule, with the same message, in pydantic (ReplicaSpec) and CEL (below).
+TEMPLATE_TRAINER_MESSAGE = (
+    f"template.spec.containers has no container named '{TRAINER_CONTAINER}': the trainer container must be named "
+    f"{TRAINER_CONTAINER} (other containers keep their names and are left as written)"
+)
+TEMPLATE_SCHEMA: dict[str, Any] = {
+    # Only what the rule reads is declared; everything else in the PodTemplateSpec is kept as written.
+    "x-kubernetes-preserve-unknown-fields": True,
+    "properties": {
+        "spec": {
+            "type": "object",
+            "description": "A PodSpec (kubectl explain pod.spec).",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {
+                "containers": {
+                    "type": "array",
+                    "description": f"The pod's containers; the trainer is the one named {TRAINER_CONTAINER}.",
+                    "maxItems": MAX_TEMPLATE_CONTAINERS,
+                    "items": {
+                        "type": "object",
+                        "description": "A Container (kubectl explain pod.spec.containers).",
+                        "x-kubernetes-preserve-unknown-fields": True,
+                        "properties": {
+                            "name": {"type": "string", "description": "The container's name.", "maxLength": 63}
+                        },
+                    },
+                }
+            },
+        }
+    },
+    "x-kubernetes-validations": [
+        {
+            "rule": "!has(self.spec) || !has(self.spec.containers) || size(self.spec.containers) == 0 || "
+            f"self.spec.containers.exists(c, has(c.name) && c.name == '{TRAINER_CONTAINER}')",
+            "message": TEMPLATE_TRAINER_MESSAGE,
+        }
+    ],
+}
 
 
 class ReplicaType(StrEnum):
@@ -106,12 +148,21 @@ class ReplicaSpec(Model):
     restarts the container in place (Always even after exit 0, so not for the replicas whose success
     ends the job). ExitCode: exit codes 1-127 are permanent (the job fails); 128 and above (signals, OOM
     kill) and evictions recreate the pod. Every restart counts against backoffLimit."""
-    template: dict[str, Any] | None = Field(
-        default=None, json_schema_extra={"x-kubernetes-preserve-unknown-fields": True}
-    )
+    template: dict[str, Any] | None = Field(default=None, json_schema_extra=TEMPLATE_SCHEMA)
     """A full PodTemplateSpec merged under the operator's settings (name, labels, TF_CONFIG, ports and
     restart policy are always the operator's). Use it for nodeSelector, volumes, sidecars, securityContext.
-    The trainer container is the one named `tensorflow`, else the first."""
+    The trainer container is the one named `tensorflow` (added when the template lists none); a template
+    whose containers include none of that name is refused."""
+
+    @field_validator("template")
+    @classmethod
+    def _trainer_container_by_name(cls, template: dict[str, Any] | None) -> dict[str, Any] | None:
+        containers = ((template or {}).get("spec") or {}).get("containers") or []
+        if len(containers) > MAX_TEMPLATE_CONTAINERS:
+            raise ValueError(f"template.spec.containers: at most {MAX_TEMPLATE_CONTAINERS} containers")
+        if containers and not any(isinstance(c, dict) and c.get("name") == TRAINER_CONTAINER for c in containers):
+            raise ValueError(TEMPLATE_TRAINER_MESSAGE)
+        return template
 
 
 class RunPolicy(Model):

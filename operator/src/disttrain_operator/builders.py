@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .api import API_VERSION, KIND, DistTrainJobSpec, ReplicaSpec, ReplicaType
+from .api import API_VERSION, KIND, TRAINER_CONTAINER, DistTrainJobSpec, ReplicaSpec, ReplicaType
 from .lifecycle import ReplicaObservation
 from .tfconfig import cluster_spec, pod_name, service_address_of, tf_config_json
 
@@ -21,7 +21,6 @@ LABEL_INDEX = "disttrain.io/replica-index"
 ANNOTATION_TF_CONFIG = "disttrain.io/tf-config"
 MANAGED_BY = "disttrain-operator"
 
-TRAINER_CONTAINER = "tensorflow"
 PORT_NAME = "tf-port"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -133,9 +132,9 @@ def merge_named(items: list[Obj], updates: list[Obj], key: str = "name") -> list
     return merged
 
 
-def trainer_container_index(containers: list[Obj]) -> int:
-    """Which container runs TensorFlow: the one named `tensorflow`, else the first."""
-    return next((i for i, c in enumerate(containers) if c.get("name") == TRAINER_CONTAINER), 0)
+def trainer_container_index(containers: list[Obj]) -> int | None:
+    """Which container runs TensorFlow: the one named `tensorflow` (never a position), None if none is."""
+    return next((i for i, c in enumerate(containers) if c.get("name") == TRAINER_CONTAINER), None)
 
 
 def output_dir(spec: DistTrainJobSpec, job_name: str) -> str | None:
@@ -205,8 +204,11 @@ def build_pod(job_name: str, namespace: str, uid: str, spec: DistTrainJobSpec, r
     metadata["annotations"] = {**user_meta.get("annotations", {}), ANNOTATION_TF_CONFIG: config}
 
     pod_spec: Obj = template.get("spec") or {}
-    containers = pod_spec.get("containers") or [{"name": TRAINER_CONTAINER}]
+    containers = pod_spec.get("containers") or []
     position = trainer_container_index(containers)
+    if position is None:  # the API refuses other containers without it, so here the template listed none
+        containers.append({"name": TRAINER_CONTAINER})
+        position = len(containers) - 1
     containers[position] = _trainer_container(containers[position], job_name, spec, replica, config)
     pod_spec["containers"] = containers
     pod_spec.update(hostname=name, subdomain=job_name, restartPolicy=POD_RESTART_POLICY[replica.restart_policy])
@@ -238,12 +240,8 @@ def controller_uid(obj: Obj) -> str | None:
 
 
 def _trainer_status(pod: Obj) -> Obj:
-    containers = (pod.get("spec") or {}).get("containers") or []
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    if not containers:
-        return statuses[0] if statuses else {}
-    name = containers[trainer_container_index(containers)].get("name")
-    return next((s for s in statuses if s.get("name") == name), {})
+    return next((s for s in statuses if s.get("name") == TRAINER_CONTAINER), {})
 
 
 def observe_pod(pod: Obj) -> ReplicaObservation:
