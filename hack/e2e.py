@@ -102,6 +102,7 @@ class Cluster:
 
     root: Path
     timings: dict[str, float]
+    node_name: str  # the one node pods run on (for local volumes)
 
     def env(self) -> dict[str, str]:
         """Environment for kubectl and helm (KUBECONFIG, PATH)."""
@@ -198,6 +199,7 @@ class LocalNodeCluster(Cluster):
         )
         self.node = realnode.RealNode(self.cp, root / "node", root / "containerd", detach=detach)
         self.timings = {}
+        self.node_name = realnode.NODE_NAME
 
     @property
     def cp_state(self) -> Path:
@@ -250,7 +252,7 @@ class KindCluster(Cluster):
     def __init__(self, name: str = "disttrain", root: Path = E2E_DIR / "kind"):
         self.name, self.root, self.timings = name, root, {}
         self.kubeconfig = root / "kubeconfig"
-        self.node_container = f"{name}-control-plane"
+        self.node_container = self.node_name = f"{name}-control-plane"
 
     def up(self) -> KindCluster:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -334,10 +336,10 @@ def local_node_job(manifest: list[dict], mnist_dir: Path, steps: int | None = E2
     return docs
 
 
-def local_volume(name: str, path: Path, size: str = "1Gi") -> dict:
-    """A `local` PersistentVolume on the node (at `path`, which must exist there) for a claim without a
+def local_volume(name: str, node: str, path: Path, size: str = "1Gi") -> dict:
+    """A `local` PersistentVolume on `node` (at `path`, which must exist there) for a claim without a
     storage class."""
-    selector = {"key": "kubernetes.io/hostname", "operator": "In", "values": [realnode.NODE_NAME]}
+    selector = {"key": "kubernetes.io/hostname", "operator": "In", "values": [node]}
     return {
         "apiVersion": "v1",
         "kind": "PersistentVolume",

@@ -184,7 +184,8 @@ def http_get(url: str, timeout: float = 10) -> tuple[int, bytes]:
 
 
 def test_shared_storage_example_and_tensorboard_through_port_forward(cluster: e2e.Cluster, mnist_dir: Path) -> None:
-    volume = e2e.local_volume("mnist-outputs-e2e", cluster.node_folder(cluster.root / "volumes" / "mnist-outputs"))
+    folder = cluster.node_folder(cluster.root / "volumes" / "mnist-outputs")
+    volume = e2e.local_volume("mnist-outputs-e2e", cluster.node_name, folder)
     cluster.apply_job([volume, *e2e.local_node_job(e2e.load_example("mnist-shared-storage.yaml"), mnist_dir)])
     cluster.wait_condition("mnist-shared-storage", "Succeeded", timeout=JOB_TIMEOUT)
     assert results(cluster, "mnist-shared-storage")["accuracy"] >= MIN_ACCURACY
