@@ -35,6 +35,8 @@ def write_job(tmp_path: Path, replica_specs: dict[str, Any], **spec: Any) -> Pat
 
 
 PS_JOB = {"chief": {"replicas": 1}, "ps": {"replicas": 2}, "worker": {"replicas": 2}}
+# a failure must be seen before the chief finishes: a finished chief decides the job first (success policy)
+SLOW_CHIEF = {"chief-0": {"slow": 30}}
 
 
 def run(tmp_path: Path, job: Path, plan: dict[str, Any] | None = None, quiet: bool = False) -> tuple[int, str]:
@@ -114,7 +116,7 @@ def test_tf_config_points_every_replica_at_loopback_ports(tmp_path: Path) -> Non
 
 def test_never_policy_fails_the_job_with_the_reason(tmp_path: Path) -> None:
     job = write_job(tmp_path, {**PS_JOB, "worker": {"replicas": 2, "restartPolicy": "Never"}})
-    code, output = run(tmp_path, job, {"worker-1": {"exit": 3}})
+    code, output = run(tmp_path, job, {"worker-1": {"exit": 3}, **SLOW_CHIEF})
     assert code == 1
     assert "reason:      PodFailed: worker-1 exited with code 3: worker-1 failing with 3" in output  # its last line
     assert not [pid for pid in pids_of(tmp_path / "out") if alive(pid)]
@@ -122,7 +124,7 @@ def test_never_policy_fails_the_job_with_the_reason(tmp_path: Path) -> None:
 
 def test_quiet_mode_still_shows_why_a_replica_failed(tmp_path: Path) -> None:
     job = write_job(tmp_path, {**PS_JOB, "worker": {"replicas": 2, "restartPolicy": "Never"}})
-    code, output = run(tmp_path, job, {"worker-1": {"exit": 3}}, quiet=True)
+    code, output = run(tmp_path, job, {"worker-1": {"exit": 3}, **SLOW_CHIEF}, quiet=True)
     assert code == 1
     assert "   worker-1 | worker-1 failing with 3" in output
     assert "ps-0 exiting" not in output  # other replicas' lines stay hidden
@@ -132,7 +134,7 @@ def test_on_failure_restarts_until_the_backoff_limit(tmp_path: Path) -> None:
     job = write_job(
         tmp_path, {**PS_JOB, "worker": {"replicas": 2, "restartPolicy": "OnFailure"}}, runPolicy={"backoffLimit": 2}
     )
-    code, output = run(tmp_path, job, {"worker-1": {"exit": 3}, "chief-0": {"slow": 30}})
+    code, output = run(tmp_path, job, {"worker-1": {"exit": 3}, **SLOW_CHIEF})
     assert code == 1
     assert "BackoffLimitExceeded: 3 restarts exceed backoffLimit 2" in output
     # three restarts happened; the fourth process may be stopped before it records its attempt
@@ -149,14 +151,16 @@ def test_on_failure_recovers_from_a_transient_failure(tmp_path: Path) -> None:
 
 
 def test_exit_code_policy_recreates_a_killed_replica(tmp_path: Path) -> None:
-    code, output = run(tmp_path, write_job(tmp_path, PS_JOB), {"ps-1": {"exit": 137, "fail_times": 1}})
+    code, output = run(
+        tmp_path, write_job(tmp_path, PS_JOB), {"ps-1": {"exit": 137, "fail_times": 1}, "chief-0": {"slow": 3}}
+    )
     assert code == 0, output
     assert "ps-1 exited with code 137; recreating the pod (restartPolicy ExitCode)" in output
 
 
 def test_exit_code_policy_stops_recreating_at_the_backoff_limit(tmp_path: Path) -> None:
     job = write_job(tmp_path, PS_JOB, runPolicy={"backoffLimit": 1})
-    code, output = run(tmp_path, job, {"worker-0": {"exit": 137}, "chief-0": {"slow": 30}})
+    code, output = run(tmp_path, job, {"worker-0": {"exit": 137}, **SLOW_CHIEF})
     assert code == 1, output
     assert "BackoffLimitExceeded: 2 restarts exceed backoffLimit 1" in output
     assert output.count("worker-0 exited with code 137; recreating the pod") == 2
