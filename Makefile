@@ -52,9 +52,13 @@ cluster-down: venv ## Stop every process cluster-up started
 crd: venv ## Print the generated CustomResourceDefinition
 	@$(VENV)/bin/disttrain crd
 
-crd-files: venv ## Regenerate the CRD copies under deploy/ and charts/ from the API models
+crd-files: venv ## Regenerate the CRD and template-policy copies under deploy/ and charts/ from the API models
 	$(VENV)/bin/disttrain crd > deploy/crd/disttrain.io_disttrainjobs.yaml
 	$(VENV)/bin/disttrain crd > charts/disttrain/crds/disttrain.io_disttrainjobs.yaml
+	$(VENV)/bin/disttrain template-policy > deploy/template-policy.yaml
+	mkdir -p charts/disttrain/files
+	$(VENV)/bin/disttrain template-policy --validations host-access > charts/disttrain/files/host-access.yaml
+	$(VENV)/bin/disttrain template-policy --validations service-accounts > charts/disttrain/files/service-accounts.yaml
 
 api-docs: venv ## Regenerate docs/api.md from the API models
 	$(VENV)/bin/disttrain api-docs > docs/api.md

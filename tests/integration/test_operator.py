@@ -10,9 +10,11 @@ import asyncio
 import json
 from collections.abc import Iterator
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from controlplane import (
     ANNOTATION_COMPLETE,
     ANNOTATION_FAIL_EXIT_CODE,
@@ -181,8 +183,11 @@ def test_job_runs_to_success(cluster: Cluster, control_plane: Any) -> None:
         assert task_service.spec.cluster_ip not in (None, "None")
         assert task_service.spec.selector[LABEL_INDEX] == task.rsplit("-", 1)[1]
 
-    cluster_spec = {"chief": [address("chief", 0)], "ps": [address("ps", 0)],
-                    "worker": [address("worker", 0), address("worker", 1)]}
+    cluster_spec = {
+        "chief": [address("chief", 0)],
+        "ps": [address("ps", 0)],
+        "worker": [address("worker", 0), address("worker", 1)],
+    }
     for name, pod in pods.items():
         (trainer,) = pod["spec"]["containers"]
         config = next(e["value"] for e in trainer["env"] if e["name"] == "TF_CONFIG")
@@ -252,8 +257,9 @@ def test_retryable_failures_recreate_pods_until_backoff_limit(cluster: Cluster) 
 
     def recreated() -> str | None:
         found = cluster.live_pods(job).get(pod)
-        return found if found and found["metadata"]["uid"] != first and found["status"].get("phase") == "Running" \
-            else None
+        return (
+            found if found and found["metadata"]["uid"] != first and found["status"].get("phase") == "Running" else None
+        )
 
     second = wait_for(recreated, timeout=TIMEOUT, what="the failed pod recreated")
     status = cluster.job(job)["status"]
@@ -278,8 +284,9 @@ def test_active_deadline_fails_job_by_timer(cluster: Cluster) -> None:
     cluster.wait_pods(job, names(job, worker=1), phase="Running")
     cluster.wait_condition(job, "Failed", "DeadlineExceeded")
     status = cluster.job(job)["status"]
-    started, completed = (datetime.fromisoformat(status[k].replace("Z", "+00:00")) for k in ("startTime",
-                                                                                               "completionTime"))
+    started, completed = (
+        datetime.fromisoformat(status[k].replace("Z", "+00:00")) for k in ("startTime", "completionTime")
+    )
     # Enforced by the timer, a moment after the deadline, not at some later pod event.
     assert deadline <= (completed - started).total_seconds() <= deadline + 4
     cluster.wait_pods(job, set())  # the running pod is cleaned up (cleanPodPolicy Running)
@@ -363,3 +370,62 @@ def test_operator_restarted_mid_creation_creates_exactly_the_pods(
     assert all(p["metadata"]["ownerReferences"][0]["uid"] == uid for p in pods.values())
     assert json.loads(pods[f"{job}-worker-7"]["metadata"]["annotations"][ANNOTATION_TF_CONFIG])["task"]["index"] == 7
     assert cluster.job(job)["status"]["replicaStatuses"]["worker"]["summary"] == f"{replicas}/{replicas}"
+
+
+# ---------------------------------------------------------------- security in the namespace (issue #11)
+
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.yaml"))
+
+
+def enforce_restricted(cluster: Cluster) -> None:
+    """Pod Security Admission (built into kube-apiserver) at the strictest level, as a hardened cluster sets it."""
+    labels = {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest",
+    }
+    cluster.core.patch_namespace(cluster.ns, {"metadata": {"labels": labels}})
+
+
+def example_jobs() -> list[Obj]:
+    docs = [doc for path in EXAMPLES for doc in yaml.safe_load_all(path.read_text()) if doc]
+    return [doc for doc in docs if doc.get("kind") == "DistTrainJob"]
+
+
+def test_restricted_pod_security_admits_every_examples_pods(cluster: Cluster) -> None:
+    enforce_restricted(cluster)
+    expected: dict[str, set[str]] = {}
+    for job in example_jobs():
+        job["metadata"].pop("namespace", None)
+        cluster.custom.create_namespaced_custom_object(GROUP, VERSION, cluster.ns, PLURAL, job)
+        counts = {role: spec.get("replicas", 1) for role, spec in job["spec"]["replicaSpecs"].items()}
+        expected[job["metadata"]["name"]] = names(job["metadata"]["name"], **counts)
+    assert len(expected) == len(EXAMPLES)  # every example is a DistTrainJob
+    for job, pods in expected.items():
+        cluster.wait_pods(job, pods)  # created, so admitted; a refusal would end the job Failed instead
+        assert cluster.condition(job, "Failed") is None
+
+
+def test_pod_security_refusal_fails_the_job_with_the_api_servers_message(cluster: Cluster) -> None:
+    enforce_restricted(cluster)
+    job = "runs-as-root"
+    template = {"spec": {"securityContext": {"runAsNonRoot": False, "runAsUser": 0}}}
+    cluster.create_job(job, {"worker": {"replicas": 1, "template": template}})
+    failed = cluster.wait_condition(job, "Failed")
+    assert 'violates PodSecurity "restricted:latest"' in failed["message"], failed
+    assert "spec.replicaSpecs.worker" in failed["message"] and "runAsNonRoot" in failed["message"]
+    assert not cluster.live_pods(job)
+
+
+def test_each_job_gets_a_network_policy_unless_its_spec_says_no(cluster: Cluster) -> None:
+    networking = client.NetworkingV1Api(cluster.api_client)
+    cluster.create_job("isolated", {"worker": {"replicas": 1}}, port=2345)
+    cluster.create_job("open", {"worker": {"replicas": 1}}, networkPolicy=False)
+    cluster.wait_pods("isolated", names("isolated", worker=1))
+    cluster.wait_pods("open", names("open", worker=1))
+    found = cluster.api_client.sanitize_for_serialization(
+        networking.read_namespaced_network_policy("isolated", cluster.ns)
+    )
+    own = {"matchLabels": {LABEL_JOB: "isolated"}}
+    assert found["spec"]["podSelector"] == own
+    assert found["spec"]["ingress"][0] == {"from": [{"podSelector": own}], "ports": [{"port": 2345, "protocol": "TCP"}]}
+    assert [p.metadata.name for p in networking.list_namespaced_network_policy(cluster.ns).items] == ["isolated"]

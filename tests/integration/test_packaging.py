@@ -34,6 +34,7 @@ from kubernetes import client
 
 from disttrain_operator.api import GROUP, PLURAL, VERSION
 from disttrain_operator.builders import LABEL_JOB
+from disttrain_operator.crd import admission_policy
 
 pytestmark = pytest.mark.cluster
 
@@ -155,6 +156,7 @@ def test_default_values_render_a_cluster_wide_least_privilege_operator(tools: To
     assert kinds(objects) == [
         ("ClusterRole", None), ("ClusterRoleBinding", None), ("Deployment", DEPLOY_NAMESPACE),
         ("Service", DEPLOY_NAMESPACE), ("ServiceAccount", DEPLOY_NAMESPACE),
+        *[("ValidatingAdmissionPolicy", None)] * 2, *[("ValidatingAdmissionPolicyBinding", None)] * 2,
     ]
     deployment = only(objects, "Deployment")
     spec = deployment["spec"]
@@ -164,7 +166,8 @@ def test_default_values_render_a_cluster_wide_least_privilege_operator(tools: To
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     (container,) = pod["containers"]
     assert container["image"] == "disttrain/operator:0.1.0"
-    assert container["args"] == ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090"]
+    assert container["args"] == ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090",
+                                 "--allowed-service-account=default"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
                                   {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
@@ -197,7 +200,11 @@ def test_namespaced_values_render_a_role_per_watched_namespace(tools: Tools) -> 
     assert kinds(objects) == [
         ("Deployment", DEPLOY_NAMESPACE), ("Role", "team-a"), ("Role", "team-b"),
         ("RoleBinding", "team-a"), ("RoleBinding", "team-b"), ("ServiceAccount", DEPLOY_NAMESPACE),
+        *[("ValidatingAdmissionPolicy", None)] * 2, *[("ValidatingAdmissionPolicyBinding", None)] * 2,
     ]
+    for binding in (o for o in objects if o["kind"] == "ValidatingAdmissionPolicyBinding"):  # only where it serves
+        assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
+            {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
     cluster_rules = permissions(only(tools.template(), "ClusterRole")["rules"])
     for role in (o for o in objects if o["kind"] == "Role"):
         assert permissions(role["rules"]) == cluster_rules, "the same rules in both modes"
@@ -208,7 +215,7 @@ def test_namespaced_values_render_a_role_per_watched_namespace(tools: Tools) -> 
     pod = only(objects, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"] == ["--namespace=team-a", "--namespace=team-b", "--liveness=http://0.0.0.0:9090/healthz",
-                                 "--metrics-port=9100"]
+                                 "--metrics-port=9100", "--allowed-service-account=default"]
     assert container["image"] == "registry.example.com/ml/disttrain-operator:0.1.0-rc1"
     assert container["imagePullPolicy"] == "Never"
     assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("health", 9090), ("metrics", 9100)]
@@ -218,9 +225,29 @@ def test_namespaced_values_render_a_role_per_watched_namespace(tools: Tools) -> 
     assert pod["imagePullSecrets"] == [{"name": "regcred"}] and pod["serviceAccountName"] == "trainer-operator"
 
 
+def test_template_policy_values_switch_the_admission_policies_and_the_operators_flags(tools: Tools) -> None:
+    policies = {o["metadata"]["name"]: o for o in tools.template() if o["kind"] == "ValidatingAdmissionPolicy"}
+    assert set(policies) == {"disttrain-host-access", "disttrain-service-accounts"}
+    generated = {name: admission_policy(name.removeprefix("disttrain-")) for name in policies}
+    for name, policy in policies.items():  # the chart renders what policy.py generates
+        assert strip_helm(policy) == generated[name], name
+    opened = tools.template("--set", "templatePolicy.allowHostAccess=true",
+                            "--set", "templatePolicy.allowedServiceAccounts={default,trainer}",
+                            "--set", "networkPolicy.enabled=false")
+    (only_sa,) = [o for o in opened if o["kind"] == "ValidatingAdmissionPolicy"]
+    assert only_sa["spec"]["variables"] == [{"name": "allowedServiceAccounts", "expression": '["default","trainer"]'}]
+    args = only(opened, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[-4:] == ["--no-network-policy", "--allow-host-access", "--allowed-service-account=default",
+                         "--allowed-service-account=trainer"]
+    anything = tools.template("--set", "templatePolicy.allowHostAccess=true",
+                              "--set", "templatePolicy.allowedServiceAccounts={*}")
+    assert not [o for o in anything if "AdmissionPolicy" in o["kind"]]
+
+
 @pytest.mark.parametrize(
     ("setting", "message"),
     [
+        ("templatePolicy.allowedServiceAccounts={Admin}", "at '/templatePolicy/allowedServiceAccounts/0'"),
         ("watchNamespaces={Team_A}", "at '/watchNamespaces/0': 'Team_A' does not match pattern"),
         ("watchNamespaces=default", "at '/watchNamespaces': got string, want array"),
         ("image.pullPolicy=Sometimes", "at '/image/pullPolicy': value must be one of 'Always', 'IfNotPresent'"),
@@ -339,6 +366,39 @@ def test_clusterwide_service_account_can_run_jobs_everywhere_and_nothing_more(
                    ["update", "disttrainjobs.disttrain.io", "--subresource=status", "-n", "default"],
                    ["create", "rolebindings.rbac.authorization.k8s.io", "-n", "default"]):
         assert not can_i(tools, user, *denied), denied
+
+
+# Every authenticated identity may ask the API server what it may do (the system:basic-user ClusterRole).
+EVERYONES_REVIEWS = {
+    f"{kind}.{group}": ["create"]
+    for kind, group in (("selfsubjectreviews", "authentication.k8s.io"), ("selfsubjectaccessreviews",
+                        "authorization.k8s.io"), ("selfsubjectrulesreviews", "authorization.k8s.io"))
+}
+
+
+OPERATOR_RIGHTS = {
+    "disttrainjobs.disttrain.io": ["get", "list", "watch", "patch", "delete"],
+    "disttrainjobs.disttrain.io/status": ["patch"],
+    "pods": ["get", "list", "watch", "create", "delete"],
+    "services": ["get", "create"],
+    "networkpolicies.networking.k8s.io": ["get", "create"],
+    "events": ["create"],
+}
+
+
+def can_i_list(tools: Tools, user: str, namespace: str) -> dict[str, list[str]]:
+    """`kubectl auth can-i --list` as `user`: resource -> verbs (non-resource URLs left out)."""
+    lines = tools.k("auth", "can-i", "--list", f"--as={user}", "-n", namespace).stdout.splitlines()[1:]
+    rows = [line.split() for line in lines if line and not line[0].isspace()]
+    return {row[0]: " ".join(row[3:]).strip("[]").split() for row in rows}
+
+
+def test_the_operators_rights_are_exactly_the_list_in_every_namespace(tools: Tools, clusterwide_release: str) -> None:
+    user = f"system:serviceaccount:{clusterwide_release}:dt-cw-disttrain"
+    expected = {**EVERYONES_REVIEWS, **OPERATOR_RIGHTS}
+    # no secrets, no exec, no updates, nothing created but pods, services, network policies and events
+    for namespace in ("team-x", clusterwide_release, "kube-system"):
+        assert can_i_list(tools, user, namespace) == expected, namespace
 
 
 # ---------------------------------------------------------------- the operator under the chart's identity
@@ -484,7 +544,10 @@ def test_operator_with_only_the_charts_permissions_runs_a_job_and_uses_every_per
     sa = "dt-ns-disttrain"
     user = f"system:serviceaccount:{operator_ns}:{sa}"
 
-    # Namespaced mode: rights in the watched namespace only.
+    # Namespaced mode: rights in the watched namespace only (the multi-tenant default, docs/security.md).
+    assert can_i_list(tools, user, "kube-system") == EVERYONES_REVIEWS
+    assert can_i_list(tools, user, operator_ns) == EVERYONES_REVIEWS
+    assert set(can_i_list(tools, user, jobs_ns)) - set(EVERYONES_REVIEWS) == set(OPERATOR_RIGHTS)
     assert can_i(tools, user, "create", "pods", "-n", jobs_ns)
     assert not can_i(tools, user, "create", "pods", "-n", operator_ns)
     assert not can_i(tools, user, "list", "pods", "-A")

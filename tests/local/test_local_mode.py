@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 import yaml
 
-from disttrain_operator import local
-from disttrain_operator.api import InvalidSpecError, parse_spec
+from disttrain_operator import api, local
+from disttrain_operator.api import InvalidSpecError, ReplicaType, parse_spec
 from disttrain_operator.local import format_progress, parse_progress, run_manifest
 
 FAKE_TRAINER = f"{sys.executable} {Path(__file__).with_name('fake_trainer.py')}"
@@ -222,3 +222,74 @@ def test_progress_lines_are_parsed_and_drawn() -> None:
     assert fields == {"step": "120/600", "loss": "0.2310", "accuracy": "0.9340", "examples_per_sec": "812.5"}
     assert format_progress(fields, width=10) == "step 120/600 [##........]  20%  loss 0.2310  acc 93.40%  812 ex/s"
     assert parse_progress("INFO something else") is None
+
+
+def write_raw_job(tmp_path: Path, replica_specs: str, extra: str = "") -> Path:
+    """A manifest written by hand, so that its scalars are typed by the loader, not by yaml.safe_dump's quoting."""
+    path = tmp_path / "job.yaml"
+    path.write_text(
+        "apiVersion: disttrain.io/v1alpha1\nkind: DistTrainJob\nmetadata:\n  name: fake\nspec:\n"
+        f"  replicaSpecs:\n{replica_specs}{extra}"
+    )
+    return path
+
+
+def test_replicas_written_as_1e9_are_refused_quickly_as_kubectl_would(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # kubectl (go-yaml v2) reads 1e9 as the number 1000000000; PyYAML's YAML 1.1 resolver read it as a string
+    job = write_raw_job(tmp_path, "    chief:\n      replicas: 1\n    worker:\n      replicas: 1e9\n")
+    started = time.monotonic()
+    code, _ = run(tmp_path, job)
+    assert time.monotonic() - started < 5  # refused by validation, no billion-replica plan built first
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "spec.replicaSpecs.worker.replicas" in err
+    assert f"less than or equal to {api.MAX_REPLICAS}" in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_numbers_in_exponent_form_are_numbers_as_in_kubectl(tmp_path: Path) -> None:
+    job = write_raw_job(tmp_path, "    chief:\n      replicas: 1\n    worker:\n      replicas: 2e0\n")
+    _, _, spec = api.parse_manifest(local.load_manifest(job))
+    assert spec.replica_specs.count(ReplicaType.WORKER) == 2
+
+
+@pytest.mark.parametrize(
+    ("scalar", "kubectl_value"),
+    [
+        ("1e9", 1_000_000_000),  # a whole float reaches the API server as an integer (kubectl sends JSON)
+        ("1E9", 1_000_000_000),
+        ("2.0", 2),
+        ("-2.5e-3", -2.5e-3),
+        (".5", 0.5),
+        ("1.5", 1.5),
+        ("12", 12),
+        ("0x1F", 31),
+        ("0o17", 15),
+        ("1_000", 1000),
+        (".inf", float("inf")),
+        ("'1e9'", "1e9"),  # quoted: a string, as everywhere
+        ("yes", True),  # go-yaml v2 keeps the YAML 1.1 booleans...
+        ("off", False),
+        ("y", True),  # ...including y and n, which PyYAML reads as strings
+        ("n", False),
+        ("~", None),
+        ("1:30", "1:30"),  # base 60 is YAML 1.1 only: go-yaml v2 reads a string (PyYAML read 90)
+        ("2024-01-02", "2024-01-02"),  # go-yaml v2 keeps timestamps as strings in an untyped value
+        ("1e999", "1e999"),  # Go's ParseFloat overflows: a string
+        ("10Gi", "10Gi"),
+        ("127.0.0.1", "127.0.0.1"),
+    ],
+)
+def test_scalars_are_typed_as_kubectl_types_them(tmp_path: Path, scalar: str, kubectl_value: object) -> None:
+    path = write_raw_job(tmp_path, "    chief:\n      replicas: 1\n", f"  value: {scalar}\n")
+    value = local.load_manifest(path)["spec"]["value"]
+    assert value == kubectl_value and type(value) is type(kubectl_value)
+
+
+def test_a_learning_rate_in_args_stays_a_string(tmp_path: Path) -> None:
+    args = '  args:\n  - --learning-rate\n  - "1e-3"\n  - --learning-rate=2.5e-3\n  - "0.05"\n'
+    job = write_raw_job(tmp_path, "    chief:\n      replicas: 1\n", args)
+    _, _, spec = api.parse_manifest(local.load_manifest(job))
+    assert spec.args == ["--learning-rate", "1e-3", "--learning-rate=2.5e-3", "0.05"]

@@ -14,18 +14,26 @@ from disttrain_operator.builders import (
     LABEL_INDEX,
     LABEL_JOB,
     LABEL_ROLE,
+    REDACT_ENV,
+    build_network_policy,
     build_pod,
     build_service,
     build_task_service,
     deep_merge,
     observe_pod,
 )
+from disttrain_operator.policy import TemplatePolicy
 
 JOB, NS, UID = "mnist", "team-a", "3f1c0d5e-0000-4000-8000-000000000001"
 
 
 def make_spec(**replica_specs: dict[str, Any]) -> DistTrainJobSpec:
     return parse_spec(JOB, {"replicaSpecs": replica_specs or {"worker": {"replicas": 2}}})
+
+
+def make_spec_with_host_access(**replica_specs: dict[str, Any]) -> DistTrainJobSpec:
+    """As installed with the chart's opt-in templatePolicy.allowHostAccess."""
+    return parse_spec(JOB, {"replicaSpecs": replica_specs}, TemplatePolicy(allow_host_access=True))
 
 
 def pod_for(spec: DistTrainJobSpec, role: str = "worker", index: int = 0) -> dict[str, Any]:
@@ -174,22 +182,19 @@ def test_template_merged_under_operator_settings() -> None:
         "metadata": {"labels": {"team": "a", LABEL_JOB: "spoofed"}, "annotations": {"note": "x"}},
         "spec": {
             "nodeSelector": {"disttrain.io/pool": "cpu"},
-            "restartPolicy": "Always",
-            "hostname": "spoofed",
             "securityContext": {"runAsNonRoot": False, "runAsUser": 0},
             "containers": [
                 {"name": "sidecar", "image": "busybox"},
                 {
                     "name": "tensorflow",
-                    "image": "ignored",
-                    "env": [{"name": "TF_CONFIG", "value": "spoofed"}, {"name": "KEEP", "value": "1"}],
+                    "env": [{"name": "KEEP", "value": "1"}],
                     "resources": {"requests": {"cpu": "1"}},
                     "securityContext": {"capabilities": {"add": ["NET_ADMIN"]}},
                 },
             ],
         },
     }
-    spec = make_spec(
+    spec = make_spec_with_host_access(
         worker={"replicas": 1, "image": "trainer:2", "template": template, "resources": {"limits": {"memory": "2Gi"}}}
     )
     pod = pod_for(spec)
@@ -363,3 +368,36 @@ def test_observe_rejects_pod_without_replica_labels() -> None:
     del pod["metadata"]["labels"][LABEL_INDEX]
     with pytest.raises(ValueError, match="replica-index"):
         observe_pod(pod)
+
+
+def test_network_policy_lets_only_the_jobs_pods_reach_the_tensorflow_port() -> None:
+    spec = parse_spec(JOB, {"port": 2222, "replicaSpecs": {"worker": {"replicas": 2}}})
+    policy = build_network_policy(JOB, NS, UID, spec)
+    assert policy["metadata"]["ownerReferences"][0]["uid"] == UID
+    own = {"matchLabels": {LABEL_JOB: JOB}}
+    assert policy["spec"]["podSelector"] == own and policy["spec"]["policyTypes"] == ["Ingress"]
+    tensorflow, others = policy["spec"]["ingress"]
+    assert tensorflow == {"from": [{"podSelector": own}], "ports": [{"protocol": "TCP", "port": 2222}]}
+    assert "from" not in others  # every other port stays as the cluster's other policies leave it
+    tcp = [(p["port"], p["endPort"]) for p in others["ports"] if p["protocol"] == "TCP"]
+    assert tcp == [(1, 2221), (2223, 65535)]
+    assert {p["protocol"] for p in others["ports"]} == {"TCP", "UDP", "SCTP"}
+    edge = build_network_policy(JOB, NS, UID, parse_spec(JOB, {"port": 65535, "replicaSpecs": {"worker": {}}}))
+    assert [(p["port"], p["endPort"]) for p in edge["spec"]["ingress"][1]["ports"] if p["protocol"] == "TCP"] == [
+        (1, 65534)
+    ]
+
+
+def test_secret_values_never_reach_the_termination_message() -> None:
+    secret = {"secretKeyRef": {"name": "creds", "key": "token"}}
+    env = [{"name": "TOKEN", "valueFrom": secret}, {"name": "A", "value": "1"}]
+    spec = make_spec(worker={"replicas": 1, "env": env})
+    trainer = container(pod_for(spec))
+    assert trainer["terminationMessagePolicy"] == "File"  # the kubelet copies no log tail that could print it
+    assert env_of(pod_for(spec))[REDACT_ENV] == "TOKEN"  # the trainer masks its value in its own message
+    whole = make_spec(worker={"replicas": 1, "template": {"spec": {"containers": [
+        {"name": "tensorflow", "envFrom": [{"secretRef": {"name": "creds"}}]}]}}})
+    assert container(pod_for(whole))["terminationMessagePolicy"] == "File"
+    plain = container(pod_for(make_spec(worker={"replicas": 1, "env": [{"name": "A", "value": "1"}]})))
+    assert plain["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    assert REDACT_ENV not in {var["name"] for var in plain["env"]}

@@ -52,11 +52,13 @@ def test_schema_follows_the_models() -> None:
         "default": 1,
         "description": worker["properties"]["replicas"]["description"],
         "minimum": 0,
+        "maximum": api.MAX_REPLICAS,
         "type": "integer",
     }
     assert worker["properties"]["template"]["x-kubernetes-preserve-unknown-fields"] is True
     quantity = worker["properties"]["resources"]["properties"]["limits"]["additionalProperties"]
     assert quantity["x-kubernetes-int-or-string"] is True
+    assert quantity["pattern"] == api.QUANTITY_PATTERN and quantity["minimum"] == 0
     assert spec["properties"]["runPolicy"]["default"] == {}
     assert spec["required"] == ["replicaSpecs"]
 

@@ -49,6 +49,7 @@ operator with these rules and records every request it makes):
     one when a create says AlreadyExists (adopting its own pod after a restart).
   - services: the operator creates each job's headless Service, and reads it on AlreadyExists.
   - events: Kopf and the operator post core v1 Events on jobs.
+  - networkpolicies: the operator creates each job's NetworkPolicy, and reads it on AlreadyExists.
 Kopf would also like to list/watch namespaces and customresourcedefinitions, to notice new ones at
 run time; it works without (logging a warning), so those cluster-wide reads are not granted.
 */}}
@@ -68,4 +69,7 @@ run time; it works without (logging a warning), so those cluster-wide reads are 
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create"]
+- apiGroups: ["networking.k8s.io"]
+  resources: ["networkpolicies"]
+  verbs: ["get", "create"]
 {{- end -}}

@@ -9,10 +9,29 @@ from __future__ import annotations
 
 import re
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.alias_generators import to_camel
+
+from .policy import (
+    DEFAULT_POLICY,
+    OPERATOR_ENV,
+    TRAINER_CONTAINER,
+    TemplatePolicy,
+    template_conflict_rules,
+    template_violations,
+)
 
 GROUP = "disttrain.io"
 VERSION = "v1alpha1"
@@ -26,8 +45,17 @@ DEFAULT_IMAGE = "disttrain/trainer:0.1.0"
 DEFAULT_PORT = 2222
 DNS_LABEL_MAX = 63
 JOB_NAME_PATTERN = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
-TRAINER_CONTAINER = "tensorflow"
 MAX_TEMPLATE_CONTAINERS = 32
+MAX_TEMPLATE_ENV = 256  # bounds (with the ones below) keep the CRD's CEL rules within the API server's cost budget
+# Pods per role. TF_CONFIG names every training task, so each pod grows with the job and the operator's work per
+# pass with it; beyond this a job is far more likely a typo (or `1e9`) than a plan. docs/api.md says so.
+MAX_REPLICAS = 1000
+# What a resource amount may look like (Kubernetes' resource.Quantity, without a sign: amounts are not negative).
+QUANTITY_PATTERN = (
+    r"^(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))(([KMGTPE]i)|[numkMGTPE]|([eE][+-]?(([0-9]+(\.[0-9]*)?)|(\.[0-9]+))))?$"
+)
+ENV_NAME_PATTERN = r"^[-._a-zA-Z][-._a-zA-Z0-9]*$"
+INT64_MAX = 2**63 - 1  # the API server's integers are int64
 
 # The trainer container is found by name, never by position: a sidecar listed first must not get the trainer's
 # image, TF_CONFIG and port. The same rule, with the same message, in pydantic (ReplicaSpec) and CEL (below).
@@ -35,39 +63,147 @@ TEMPLATE_TRAINER_MESSAGE = (
     f"template.spec.containers has no container named '{TRAINER_CONTAINER}': the trainer container must be named "
     f"{TRAINER_CONTAINER} (other containers keep their names and are left as written)"
 )
+def _typed(kind: str, description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "description": description, **extra}
+
+
+def _open_object(description: str, properties: dict[str, Any] | None = None) -> dict[str, Any]:
+    """An object whose undeclared fields are kept as written."""
+    schema = {**_typed("object", description), "x-kubernetes-preserve-unknown-fields": True}
+    return {**schema, "properties": properties} if properties else schema
+
+
+def _list_of(description: str, item: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return _typed("array", description, items=item, **extra)
+
+
+# A container as far as the rules read it (the trainer's, sidecars, init containers).
+_CONTAINER_SCHEMA = _open_object(
+    "A Container (kubectl explain pod.spec.containers).",
+    {
+        "name": _typed("string", "The container's name.", maxLength=63),
+        "image": _typed("string", "Not for the trainer: see image."),
+        "env": _list_of(
+            "Environment variables (the trainer's TF_CONFIG is the operator's).",
+            _open_object(
+                "An EnvVar (kubectl explain pod.spec.containers.env).",
+                {"name": _typed("string", "Its name.", maxLength=256)},
+            ),
+            maxItems=MAX_TEMPLATE_ENV,
+        ),
+        "ports": _list_of(
+            "Ports (hostPort is refused: see docs/security.md).",
+            _open_object("A ContainerPort.", {"hostPort": _typed("integer", "Refused unless 0.")}),
+        ),
+        "securityContext": _open_object(
+            "A SecurityContext (privileged and added capabilities are refused: see docs/security.md).",
+            {
+                "privileged": _typed("boolean", "Refused when true."),
+                "capabilities": _open_object(
+                    "Capabilities to add and drop.",
+                    {"add": _list_of("Only NET_BIND_SERVICE.", {"type": "string"})},
+                ),
+            },
+        ),
+    },
+)
+
+# The part of a PodTemplateSpec that the rules read, typed so that the API server and pydantic (conform_to_schema)
+# refuse the same wrong types and drop the same nulls; everything else is kept as written.
 TEMPLATE_SCHEMA: dict[str, Any] = {
-    # Only what the rule reads is declared; everything else in the PodTemplateSpec is kept as written.
     "x-kubernetes-preserve-unknown-fields": True,
     "properties": {
+        "metadata": {
+            "type": "object",
+            "description": "Labels and annotations for the pods; name and namespace are the operator's.",
+            "x-kubernetes-preserve-unknown-fields": True,
+            "properties": {
+                "name": {"type": "string", "description": "The operator's: <job>-<role>-<index>."},
+                "namespace": {"type": "string", "description": "The operator's: the job's namespace."},
+            },
+        },
         "spec": {
             "type": "object",
             "description": "A PodSpec (kubectl explain pod.spec).",
             "x-kubernetes-preserve-unknown-fields": True,
             "properties": {
+                "restartPolicy": {"type": "string", "description": "The operator's: see the replica's restartPolicy."},
+                "hostname": {"type": "string", "description": "The operator's: <job>-<role>-<index>."},
+                "subdomain": {"type": "string", "description": "The operator's: the job's headless Service."},
                 "containers": {
                     "type": "array",
                     "description": f"The pod's containers; the trainer is the one named {TRAINER_CONTAINER}.",
                     "maxItems": MAX_TEMPLATE_CONTAINERS,
-                    "items": {
-                        "type": "object",
-                        "description": "A Container (kubectl explain pod.spec.containers).",
-                        "x-kubernetes-preserve-unknown-fields": True,
-                        "properties": {
-                            "name": {"type": "string", "description": "The container's name.", "maxLength": 63}
-                        },
-                    },
-                }
+                    "items": _CONTAINER_SCHEMA,
+                },
+                "initContainers": {
+                    "type": "array",
+                    "description": "Init containers (the same rules as containers).",
+                    "maxItems": MAX_TEMPLATE_CONTAINERS,
+                    "items": _CONTAINER_SCHEMA,
+                },
+                "hostNetwork": _typed("boolean", "Refused when true."),
+                "hostPID": _typed("boolean", "Refused when true."),
+                "hostIPC": _typed("boolean", "Refused when true."),
+                "nodeName": _typed("string", "Refused: use nodeSelector."),
+                "serviceAccountName": _typed("string", "Only the operator's allowed service accounts."),
+                "serviceAccount": _typed("string", "Deprecated alias of serviceAccountName; the same rule."),
+                "volumes": _list_of(
+                    "Volumes (hostPath is refused).",
+                    _open_object(
+                        "A Volume (kubectl explain pod.spec.volumes).",
+                        {"hostPath": _open_object("Refused: use a PersistentVolumeClaim.")},
+                    ),
+                ),
             },
-        }
+        },
     },
     "x-kubernetes-validations": [
         {
             "rule": "!has(self.spec) || !has(self.spec.containers) || size(self.spec.containers) == 0 || "
             f"self.spec.containers.exists(c, has(c.name) && c.name == '{TRAINER_CONTAINER}')",
             "message": TEMPLATE_TRAINER_MESSAGE,
-        }
+        },
+        *template_conflict_rules(),
     ],
 }
+
+_JSON_TYPES: dict[str, Any] = {"object": dict, "array": list, "string": str, "boolean": bool}
+
+
+def _is_type(value: Any, kind: str) -> bool:
+    if kind == "integer":
+        return isinstance(value, int) and not isinstance(value, bool) and abs(value) <= INT64_MAX
+    return isinstance(value, _JSON_TYPES[kind])
+
+
+def conform_to_schema(value: Any, schema: dict[str, Any], path: str = "") -> tuple[Any, list[str]]:
+    """What the API server does with `value` under a (structural) schema, for the keywords TEMPLATE_SCHEMA uses:
+    nulls of declared fields dropped, then type, maxItems and maxLength checked. Returns (value, errors), each
+    error `<path>: <problem>` with the path relative to `value` (`.spec.containers[0].name`)."""
+    kind = schema.get("type")
+    if kind == "integer":
+        value = _api_integer(value) if not isinstance(value, int) else value
+    if kind is not None and not _is_type(value, kind):
+        return value, [f"{path}: must be of type {kind}"]
+    errors: list[str] = []
+    if isinstance(value, dict):
+        declared = schema.get("properties", {})
+        value = {key: item for key, item in value.items() if item is not None or key not in declared}
+        for key, sub in declared.items():
+            if key in value:
+                value[key], found = conform_to_schema(value[key], sub, f"{path}.{key}")
+                errors += found
+    elif isinstance(value, list):
+        if len(value) > schema.get("maxItems", len(value)):
+            errors.append(f"{path}: must have at most {schema['maxItems']} items")
+        if "items" in schema:
+            conformed = [conform_to_schema(item, schema["items"], f"{path}[{i}]") for i, item in enumerate(value)]
+            value = [item for item, _ in conformed]
+            errors += [error for _, found in conformed for error in found]
+    elif isinstance(value, str) and len(value) > schema.get("maxLength", len(value)):
+        errors.append(f"{path}: may not be longer than {schema['maxLength']} characters")
+    return value, errors
 
 
 class ReplicaType(StrEnum):
@@ -100,11 +236,54 @@ class Model(BaseModel):
         """The JSON form used in Kubernetes objects (camelCase, no unset optional fields)."""
         return self.model_dump(by_alias=True, exclude_none=True, mode="json")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        """A declared field set to null counts as unset (then defaulted), as the API server prunes it."""
+        if not isinstance(data, dict):
+            return data
+        declared = {name for key, field in cls.model_fields.items() for name in (key, field.alias)}
+        return {key: value for key, value in data.items() if value is not None or key not in declared}
+
+
+def _api_integer(value: Any) -> Any:
+    """An integer as the API server reads JSON numbers: 2.0 is 2 (it stores 2), 2.5 stays wrong, and it must fit
+    int64 (a larger one is "not an integer" there; not a schema maximum: the API server reads those as float64)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= INT64_MAX:
+        return int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) > INT64_MAX:
+        raise ValueError("must be an integer of at most 64 bits")
+    return value
+
+
+# replicas stays a plain int: the CEL rules read it, and the API server's CEL refuses a number written as 2.0 there.
+Int = Annotated[int, BeforeValidator(_api_integer)]
+NonNegativeInt64 = Annotated[int, Field(ge=0), BeforeValidator(_api_integer)]
+PositiveInt64 = Annotated[int, Field(ge=1), BeforeValidator(_api_integer)]
+
+
+def _drop_null_values(value: Any) -> Any:
+    """A map's null values are pruned by the API server."""
+    return {k: v for k, v in value.items() if v is not None} if isinstance(value, dict) else value
+
+
+ENV_VALUE_MESSAGE = 'needs exactly one of value and valueFrom (value: "" for an empty variable)'
+ENV_OPERATOR_MESSAGE = f"is the operator's to set ({', '.join(OPERATOR_ENV)})"
+
 
 class EnvVar(Model):
     """An environment variable for the trainer container."""
 
-    name: str = Field(min_length=1)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.value) != has(self.valueFrom)", "message": ENV_VALUE_MESSAGE},
+                {"rule": f"!(self.name in {list(OPERATOR_ENV)})", "message": ENV_OPERATOR_MESSAGE},
+            ]
+        }
+    )
+
+    name: str = Field(min_length=1, max_length=256, pattern=ENV_NAME_PATTERN)
     """Name of the variable."""
     value: str | None = None
     """Literal value."""
@@ -113,8 +292,17 @@ class EnvVar(Model):
     )
     """A Kubernetes EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef)."""
 
+    @model_validator(mode="after")
+    def _one_source(self) -> EnvVar:
+        if (self.value is None) == (self.value_from is None):
+            raise ValueError(ENV_VALUE_MESSAGE)
+        if self.name in OPERATOR_ENV:
+            raise ValueError(ENV_OPERATOR_MESSAGE)
+        return self
 
-Quantity = int | str
+
+Quantity = NonNegativeInt64 | Annotated[str, StringConstraints(pattern=QUANTITY_PATTERN)]
+"""An amount: a non-negative integer or a Kubernetes quantity string such as 500m, 2Gi or 1.5."""
 
 
 class Resources(Model):
@@ -125,13 +313,15 @@ class Resources(Model):
     limits: dict[str, Quantity] | None = None
     """Maximum resources. The trainer sizes its thread pools from the CPU limit."""
 
+    _nulls = field_validator("requests", "limits", mode="before")(_drop_null_values)
+
 
 class ReplicaSpec(Model):
     """How to run the pods of one TensorFlow role."""
 
-    replicas: int = Field(default=1, ge=0)
-    """Number of pods of this role. chief and evaluator take at most 1."""
-    image: str | None = None
+    replicas: int = Field(default=1, ge=0, le=MAX_REPLICAS)
+    """Number of pods of this role (at most 1000). chief and evaluator take at most 1."""
+    image: str | None = Field(default=None, min_length=1)
     """Container image for this role; defaults to spec.image."""
     command: list[str] | None = None
     """Container command; defaults to the image's entrypoint (disttrain-trainer)."""
@@ -141,7 +331,7 @@ class ReplicaSpec(Model):
     """Extra environment variables, added after spec.env."""
     resources: Resources | None = None
     """CPU and memory requests and limits. GPUs go in `gpus`."""
-    gpus: int = Field(default=0, ge=0)
+    gpus: Int = Field(default=0, ge=0, le=64)
     """NVIDIA GPUs per pod: sets the nvidia.com/gpu limit and tolerates the nvidia.com/gpu taint."""
     restart_policy: RestartPolicy = "ExitCode"
     """What happens when a pod of this role fails. Never: the job fails. OnFailure/Always: the kubelet
@@ -156,11 +346,15 @@ class ReplicaSpec(Model):
 
     @field_validator("template")
     @classmethod
-    def _trainer_container_by_name(cls, template: dict[str, Any] | None) -> dict[str, Any] | None:
-        containers = ((template or {}).get("spec") or {}).get("containers") or []
-        if len(containers) > MAX_TEMPLATE_CONTAINERS:
-            raise ValueError(f"template.spec.containers: at most {MAX_TEMPLATE_CONTAINERS} containers")
-        if containers and not any(isinstance(c, dict) and c.get("name") == TRAINER_CONTAINER for c in containers):
+    def _template_as_the_api_server_reads_it(cls, template: dict[str, Any] | None) -> dict[str, Any] | None:
+        """TEMPLATE_SCHEMA's types and bounds (nulls dropped), and the trainer container found by name."""
+        if template is None:
+            return None
+        template, errors = conform_to_schema(template, TEMPLATE_SCHEMA)
+        if errors:
+            raise ValueError("; ".join(errors))  # each starts with '.': under template (format_validation_error)
+        containers = (template.get("spec") or {}).get("containers") or []
+        if containers and not any(c.get("name") == TRAINER_CONTAINER for c in containers):
             raise ValueError(TEMPLATE_TRAINER_MESSAGE)
         return template
 
@@ -172,11 +366,11 @@ class RunPolicy(Model):
     """Which pods to delete when the job finishes. Running (default): pods still running, such as
     parameter servers, so nothing keeps holding resources; All: every pod; None: keep all. After a
     failure, pods still running are stopped whatever the policy: nothing would end them."""
-    backoff_limit: int = Field(default=6, ge=0)
+    backoff_limit: NonNegativeInt64 = 6
     """Restarts and recreations of pods allowed, in total, before the job fails (BackoffLimitExceeded)."""
-    active_deadline_seconds: int | None = Field(default=None, ge=1)
+    active_deadline_seconds: PositiveInt64 | None = None
     """Seconds the job may run, counted from its start (or resumption); then it fails (DeadlineExceeded)."""
-    ttl_seconds_after_finished: int | None = Field(default=None, ge=0)
+    ttl_seconds_after_finished: NonNegativeInt64 | None = None
     """Delete the finished job (and so its pods) this many seconds after it succeeded or failed."""
     suspend: bool = False
     """true deletes the job's pods and keeps the job; false (again) recreates them."""
@@ -213,6 +407,19 @@ class ReplicaSpecs(Model):
         return spec.replicas if spec is not None else 0
 
     @model_validator(mode="after")
+    def _check_templates(self, info: ValidationInfo) -> ReplicaSpecs:
+        """What policy.py refuses in a template, under the operator's TemplatePolicy (the validation context)."""
+        policy = (info.context or {}).get("policy", DEFAULT_POLICY)
+        violations = [
+            f"spec.replicaSpecs.{role.value}.template.{violation}"
+            for role, spec in self.items()
+            for violation in template_violations(spec.template, policy)
+        ]
+        if violations:
+            raise ValueError("; ".join(violations))
+        return self
+
+    @model_validator(mode="after")
     def _check_topology(self) -> ReplicaSpecs:
         for single in (ReplicaType.CHIEF, ReplicaType.EVALUATOR):
             if self.count(single) > 1:
@@ -230,6 +437,14 @@ class ReplicaSpecs(Model):
         return self
 
 
+def always_message(role: ReplicaType) -> str:
+    """Why restartPolicy Always is refused for a role whose exit 0 ends the job (pydantic and the CRD's CEL)."""
+    return (
+        f"Always restarts the {role.value} even after it exits 0, so the job could never succeed; "
+        "use OnFailure or ExitCode"
+    )
+
+
 class DistTrainJobSpec(Model):
     """The desired TensorFlow cluster and how to run it."""
 
@@ -237,10 +452,7 @@ class DistTrainJobSpec(Model):
     def _check_deciders_can_finish(self) -> DistTrainJobSpec:
         for role in self.success_deciders():
             if getattr(self.replica_specs, role.value).restart_policy == "Always":
-                raise ValueError(
-                    f"spec.replicaSpecs.{role.value}.restartPolicy: Always restarts the {role.value} even after "
-                    "it exits 0, so the job could never succeed; use OnFailure or ExitCode"
-                )
+                raise ValueError(f"spec.replicaSpecs.{role.value}.restartPolicy: {always_message(role)}")
         return self
 
     def success_deciders(self) -> list[ReplicaType]:
@@ -251,13 +463,13 @@ class DistTrainJobSpec(Model):
             return [ReplicaType.CHIEF, *workers] if has_chief else workers
         return [ReplicaType.CHIEF if has_chief else ReplicaType.WORKER]
 
-    image: str = DEFAULT_IMAGE
+    image: str = Field(default=DEFAULT_IMAGE, min_length=1)
     """Default container image for every role."""
     args: list[str] = Field(default_factory=list)
     """Trainer arguments given to every role (each role takes what applies to it)."""
     env: list[EnvVar] = Field(default_factory=list)
     """Environment variables for every role."""
-    port: int = Field(default=DEFAULT_PORT, ge=1, le=65535)
+    port: Int = Field(default=DEFAULT_PORT, ge=1, le=65535)
     """The TensorFlow gRPC port of every task."""
     replica_specs: ReplicaSpecs
     """The pods per TensorFlow role: chief, ps, worker, evaluator."""
@@ -268,6 +480,10 @@ class DistTrainJobSpec(Model):
     AllWorkers: the chief (if any) and every worker exit 0."""
     storage: Storage | None = None
     """Optional shared PersistentVolumeClaim for outputs."""
+    network_policy: bool | None = None
+    """Create a NetworkPolicy that lets only this job's own pods reach its TensorFlow port (other ports of its
+    pods stay open, e.g. a TensorBoard sidecar). Unset: the operator's default, on (chart value
+    networkPolicy.enabled). It takes effect where the cluster's network plugin enforces NetworkPolicies."""
 
 
 def max_pod_name_length(job_name: str, replica_specs: ReplicaSpecs) -> int:
@@ -280,7 +496,7 @@ def max_pod_name_length(job_name: str, replica_specs: ReplicaSpecs) -> int:
 
 def validate_job_name(name: str, spec: DistTrainJobSpec) -> None:
     """Checks that the job name can be a Service name and every pod name a DNS label."""
-    if not re.match(JOB_NAME_PATTERN, name) or len(name) > DNS_LABEL_MAX:
+    if not re.fullmatch(JOB_NAME_PATTERN.strip("^$"), name) or len(name) > DNS_LABEL_MAX:  # no "$\n" loophole
         raise ValueError(
             f"metadata.name {name!r} must be a DNS label (lower-case letters, digits and '-', starting "
             f"with a letter, at most {DNS_LABEL_MAX} characters): it names the job's Service"
@@ -297,20 +513,30 @@ class InvalidSpecError(ValueError):
     """A manifest that does not describe a valid DistTrainJob; the message names the field."""
 
 
+# pydantic names the member of a union (Quantity: integer or string) that an error is about; not a field
+_UNION_MEMBER = re.compile(r"^(function-(before|after|wrap|plain)\[.*\]|constrained-\w+)$")
+
+
 def format_validation_error(error: ValidationError, prefix: str = "spec") -> str:
     """One readable line per problem, naming each field by its wire path (spec.replicaSpecs...)."""
     lines = []
     for item in error.errors():
-        path = ".".join([prefix, *(str(part) for part in item["loc"])]) if item["loc"] else prefix
+        loc = [part for part in item["loc"] if not (isinstance(part, str) and _UNION_MEMBER.match(part))]
+        path = prefix + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
         message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{path}: {message}")
+        if message.startswith("."):  # a validator's `.sub.field: problem` (one or more, `; `-separated)
+            lines.append("; ".join(path + part for part in message.split("; ")))
+        else:
+            lines.append(message if message.startswith(f"{path}.") else f"{path}: {message}")  # names its own field
     return "; ".join(lines)
 
 
-def parse_spec(name: str, spec: dict[str, Any]) -> DistTrainJobSpec:
-    """Validates a job's spec (as found in the object) and its name; raises InvalidSpecError."""
+def parse_spec(name: str, spec: dict[str, Any], policy: TemplatePolicy = DEFAULT_POLICY) -> DistTrainJobSpec:
+    """Validates a job's spec (as found in the object) and its name, templates under `policy`; raises
+    InvalidSpecError."""
     try:
-        parsed = DistTrainJobSpec.model_validate(spec, by_alias=True)
+        # strict: no "3" for 3 or "true" for true, as the API server's schema refuses them
+        parsed = DistTrainJobSpec.model_validate(spec, strict=True, by_alias=True, context={"policy": policy})
     except ValidationError as error:
         raise InvalidSpecError(format_validation_error(error)) from None
     try:

@@ -26,6 +26,11 @@ GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 STORAGE_VOLUME = "disttrain-storage"
 OUTPUT_DIR_ENV = "DISTTRAIN_OUTPUT_DIR"
+# Names of the trainer's variables whose values come from Secrets: the trainer masks those values in its failure
+# message, and the kubelet does not copy the log tail (terminationMessagePolicy File), so no Secret reaches the
+# job's conditions and events (docs/contract.md).
+REDACT_ENV = "DISTTRAIN_REDACT_ENV"
+MAX_PORT = 65535
 
 # restartPolicy of the pod for each replica restartPolicy: ExitCode restarts by recreating the pod.
 POD_RESTART_POLICY = {"Never": "Never", "ExitCode": "Never", "OnFailure": "OnFailure", "Always": "Always"}
@@ -109,6 +114,32 @@ def build_task_service(
     }
 
 
+def _ports_except(port: int) -> list[Obj]:
+    """NetworkPolicy ports: every TCP port but `port`, every UDP and SCTP port."""
+    tcp = [(1, port - 1), (port + 1, MAX_PORT)]
+    ranges = [{"protocol": "TCP", "port": low, "endPort": high} for low, high in tcp if low <= high]
+    return [*ranges, *({"protocol": p, "port": 1, "endPort": MAX_PORT} for p in ("UDP", "SCTP"))]
+
+
+def build_network_policy(job_name: str, namespace: str, uid: str, spec: DistTrainJobSpec) -> Obj:
+    """Only the job's own pods reach its TensorFlow port (gRPC has no authentication of its own); other ports of
+    its pods stay as the cluster's other policies leave them."""
+    own_pods = {"matchLabels": {LABEL_JOB: job_name}}
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(job_name, namespace, job_labels(job_name), job_name, uid),
+        "spec": {
+            "podSelector": own_pods,
+            "policyTypes": ["Ingress"],
+            "ingress": [
+                {"from": [{"podSelector": own_pods}], "ports": [{"protocol": "TCP", "port": spec.port}]},
+                {"ports": _ports_except(spec.port)},
+            ],
+        },
+    }
+
+
 def deep_merge(base: Any, override: Any) -> Any:
     """`override` merged onto a copy of `base`: dicts merge key by key, anything else is replaced."""
     if isinstance(base, dict) and isinstance(override, dict):
@@ -158,7 +189,7 @@ def _trainer_container(base: Obj, job_name: str, spec: DistTrainJobSpec, replica
     """The TensorFlow container: the template's, with the operator's image, args, env, port, resources."""
     container = copy.deepcopy(base)
     container.setdefault("name", TRAINER_CONTAINER)
-    # the trainer writes its final metrics there on success; on an error the log tail says why
+    # the trainer writes its final metrics there on success, its error on failure; otherwise the log tail says why
     container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     container["image"] = replica.image or spec.image
     if replica.command is not None:
@@ -172,6 +203,11 @@ def _trainer_container(base: Obj, job_name: str, spec: DistTrainJobSpec, replica
     if out:
         env.append({"name": OUTPUT_DIR_ENV, "value": out})
     container["env"] = merge_named(container.get("env", []), env)
+    secret_names = [var["name"] for var in container["env"] if "secretKeyRef" in (var.get("valueFrom") or {})]
+    from_secrets = any("secretRef" in source for source in container.get("envFrom", []))
+    if secret_names or from_secrets:
+        container["env"] = merge_named(container["env"], [{"name": REDACT_ENV, "value": ",".join(secret_names)}])
+        container["terminationMessagePolicy"] = "File"  # the log tail might print a Secret's value
     port = {"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}
     container["ports"] = merge_named([p for p in container.get("ports", []) if p.get("name") != PORT_NAME], [port])
     resources = container.get("resources", {})

@@ -36,7 +36,35 @@ def _parser() -> argparse.ArgumentParser:
         help="serve Prometheus metrics on this port at /metrics (default %(default)s; 0 disables them)",
     )
 
+    operator.add_argument(
+        "--allow-host-access",
+        action="store_true",
+        help="let job templates use privileged containers, added capabilities, host namespaces, hostPath, hostPort "
+        "and nodeName (refused by default; docs/security.md)",
+    )
+    operator.add_argument(
+        "--allowed-service-account",
+        action="append",
+        dest="service_accounts",
+        metavar="NAME",
+        help="a serviceAccountName job templates may use (repeatable; default: only 'default'; '*': any)",
+    )
+
+    operator.add_argument(
+        "--no-network-policy",
+        action="store_true",
+        help="by default, create no NetworkPolicy per job (a job's spec.networkPolicy still decides for it)",
+    )
+
     commands.add_parser("crd", help="print the generated CustomResourceDefinition YAML")
+    policy = commands.add_parser(
+        "template-policy", help="print the ValidatingAdmissionPolicies that refuse host access in templates"
+    )
+    policy.add_argument(
+        "--validations",
+        choices=("host-access", "service-accounts"),
+        help="print only this policy's validations (the Helm chart's files/<name>.yaml)",
+    )
     commands.add_parser("api-docs", help="print the Markdown API reference generated from the models")
 
     run = commands.add_parser("run", help="run a DistTrainJob manifest as local processes")
@@ -60,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
         sys.stdout.write(crd_yaml())
         return 0
+    if args.command == "template-policy":
+        from .crd import policy_validations_yaml, template_policy_yaml
+
+        sys.stdout.write(policy_validations_yaml(args.validations) if args.validations else template_policy_yaml())
+        return 0
     if args.command == "api-docs":
         from .apidoc import api_reference
 
@@ -70,9 +103,17 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_manifest(args.manifest, output_dir=args.output_dir, trainer=args.trainer, quiet=args.quiet)
     from .handlers import run_operator
+    from .policy import DEFAULT_SERVICE_ACCOUNTS, TemplatePolicy
 
     liveness = None if args.liveness == "none" else args.liveness
-    run_operator(namespaces=args.namespaces, liveness=liveness, metrics_port=args.metrics_port or None)
+    policy = TemplatePolicy(args.allow_host_access, tuple(args.service_accounts or DEFAULT_SERVICE_ACCOUNTS))
+    run_operator(
+        namespaces=args.namespaces,
+        liveness=liveness,
+        metrics_port=args.metrics_port or None,
+        policy=policy,
+        network_policy=not args.no_network_policy,
+    )
     return 0
 
 

@@ -27,6 +27,7 @@ from .api import GROUP, PLURAL, VERSION, DistTrainJobSpec, DistTrainJobStatus, I
 from .builders import (
     LABEL_JOB,
     LABEL_ROLE,
+    build_network_policy,
     build_pod,
     build_service,
     build_task_service,
@@ -36,6 +37,7 @@ from .builders import (
 )
 from .kube import ForeignObjectError, Kube, RejectedObjectError, make_api_client
 from .lifecycle import Plan, ReplicaObservation, fail_invalid_spec, reconcile
+from .policy import DEFAULT_POLICY, TemplatePolicy
 from .tfconfig import TRAINING_ROLES, pod_name
 
 JOB_RESOURCE = (GROUP, VERSION, PLURAL)
@@ -61,6 +63,8 @@ class OperatorState:
     index: kopf.Index | None = None  # the pods index, as last handed to a handler
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     names_taken: set[tuple[str, str]] = field(default_factory=set)  # (job UID, child name) already reported
+    policy: TemplatePolicy = DEFAULT_POLICY  # what job templates may do (the chart's templatePolicy values)
+    network_policy: bool = True  # a NetworkPolicy per job unless its spec says otherwise
 
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -95,7 +99,11 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.connect_timeout = 10.0
     settings.watching.server_timeout = 300  # an int: the API server rejects "300.0"
     settings.watching.label_selectors[POD_RESOURCE] = LABEL_JOB  # watch only pods of some job
-    state = OperatorState(kube=Kube(make_api_client(), request_timeout=30.0))
+    state = OperatorState(
+        kube=Kube(make_api_client(), request_timeout=30.0),
+        policy=memo.get("policy", DEFAULT_POLICY),
+        network_policy=memo.get("network_policy", True),
+    )
     state.tasks.add(asyncio.create_task(wake_up_loop(state), name="disttrain-wake-up"))
     memo.state = state
 
@@ -225,7 +233,7 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.In
     stored = job.get("status") or {}
     now = datetime.now(UTC)
     try:
-        spec = parse_spec(name, job.get("spec") or {})
+        spec = parse_spec(name, job.get("spec") or {}, state.policy)
         previous = DistTrainJobStatus.model_validate(stored)
         plan = reconcile(spec, observed_pods(job_pods, key, uid), previous, now, job["metadata"].get("generation"))
         stored = await apply_plan(state, job, spec, plan, stored, ensure_service)
@@ -311,7 +319,11 @@ async def apply_plan(
         task_services = [
             build_task_service(name, namespace, uid, spec, role, i) for role, i in plan.create if role in TRAINING_ROLES
         ]
-        await create_children(state, job, [build_service(name, namespace, uid, spec), *task_services, *pods])
+        isolation = spec.network_policy if spec.network_policy is not None else state.network_policy
+        job_wide = [build_service(name, namespace, uid, spec)]
+        if isolation:
+            job_wide.append(build_network_policy(name, namespace, uid, spec))
+        await create_children(state, job, [*job_wide, *task_services, *pods])
     if plan.delete_job:
         await state.kube.delete_job(namespace, name)
     return stored
@@ -321,10 +333,16 @@ async def apply_plan(
 
 
 def run_operator(
-    namespaces: list[str] | None, liveness: str | None, metrics_port: int | None = None, standalone: bool = True
+    namespaces: list[str] | None,
+    liveness: str | None,
+    metrics_port: int | None = None,
+    standalone: bool = True,
+    policy: TemplatePolicy = DEFAULT_POLICY,
+    network_policy: bool = True,
 ) -> None:
     """Runs the operator until stopped: cluster-wide when `namespaces` is None, else in those namespaces;
-    Prometheus metrics on `metrics_port` unless it is None."""
+    Prometheus metrics on `metrics_port` unless it is None; job templates checked under `policy`; a NetworkPolicy
+    per job by default when `network_policy`."""
     if metrics_port is not None:
         metrics.serve_metrics(metrics_port)
     kopf.run(
@@ -332,4 +350,5 @@ def run_operator(
         namespaces=namespaces or (),
         liveness_endpoint=liveness,
         standalone=standalone,
+        memo=kopf.Memo(policy=policy, network_policy=network_policy),
     )

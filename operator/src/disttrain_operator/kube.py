@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient, ApiException, Configuration, CoreV1Api, CustomObjectsApi
+from kubernetes.client import ApiClient, ApiException, Configuration, CoreV1Api, CustomObjectsApi, NetworkingV1Api
 
 from .api import GROUP, PLURAL, VERSION
 from .builders import controller_uid
@@ -24,6 +24,8 @@ from .builders import controller_uid
 Obj = dict[str, Any]
 logger = logging.getLogger(__name__)
 COMPONENT = "disttrain-operator"
+# How Pod Security Admission words a refusal (403): permanent for this spec in this namespace, unlike quota 403s.
+POD_SECURITY_REFUSAL = "violates PodSecurity"
 
 
 class ForeignObjectError(RuntimeError):
@@ -31,7 +33,8 @@ class ForeignObjectError(RuntimeError):
 
 
 class RejectedObjectError(ValueError):
-    """The API server refused a child as invalid (400/422), e.g. a bad field in the user's pod template."""
+    """The API server refused a child for good: invalid (400/422), e.g. a bad field in the user's pod template, or
+    against the namespace's Pod Security level (403)."""
 
 
 def error_message(error: ApiException) -> str:
@@ -61,6 +64,7 @@ class Kube:
         self.api_client = api_client
         self.core = CoreV1Api(api_client)
         self.custom = CustomObjectsApi(api_client)
+        self.networking = NetworkingV1Api(api_client)
         self.timeout = request_timeout
 
     def _as_dict(self, obj: Any) -> Obj:
@@ -70,7 +74,7 @@ class Kube:
         return await asyncio.to_thread(method, *args, _request_timeout=self.timeout, **kwargs)
 
     async def create_or_adopt(self, obj: Obj, owner_uid: str) -> bool:
-        """Creates a Pod or Service; True if created, False if ours already (or its namespace is terminating).
+        """Creates a Pod, Service or NetworkPolicy; True if created, False if ours already (or its namespace is going).
 
         Raises ForeignObjectError when the name is taken by another owner's object, RejectedObjectError
         when the API server finds the object invalid.
@@ -79,12 +83,16 @@ class Kube:
         create, read = {
             "Pod": (self.core.create_namespaced_pod, self.core.read_namespaced_pod),
             "Service": (self.core.create_namespaced_service, self.core.read_namespaced_service),
+            "NetworkPolicy": (
+                self.networking.create_namespaced_network_policy,
+                self.networking.read_namespaced_network_policy,
+            ),
         }[kind]
         try:
             await self._call(create, namespace, obj)
             return True
         except ApiException as error:
-            if error.status in (400, 422):
+            if error.status in (400, 422) or (error.status == 403 and POD_SECURITY_REFUSAL in str(error.body)):
                 raise RejectedObjectError(f"{kind} {name}: {error_message(error)}") from None
             if error.status == 403 and "being terminated" in str(error.body):
                 return False  # the namespace, and the job with it, is going away

@@ -32,6 +32,7 @@ import yaml
 
 from . import api, lifecycle, tfconfig
 from .api import DistTrainJobSpec, ReplicaType
+from .kubeyaml import KubectlYamlLoader
 from .lifecycle import SELF_EXIT_GRACE_SECONDS, ReplicaObservation
 
 POLL_SECONDS = 0.5
@@ -56,9 +57,10 @@ def free_ports(count: int) -> list[int]:
 
 
 def load_manifest(path: Path) -> dict[str, Any]:
-    """The DistTrainJob document of a YAML file (the first one, if the file holds several objects)."""
+    """The DistTrainJob document of a YAML file (the first one, if the file holds several objects), with
+    scalars typed as kubectl types them (see `KubectlYamlLoader`)."""
     try:
-        documents = [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+        documents = [doc for doc in yaml.load_all(path.read_text(), Loader=KubectlYamlLoader) if doc]
     except (OSError, yaml.YAMLError) as error:
         raise api.InvalidSpecError(f"cannot read {path}: {error}") from None
     jobs = [doc for doc in documents if isinstance(doc, dict) and doc.get("kind") == api.KIND]

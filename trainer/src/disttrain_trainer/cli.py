@@ -9,10 +9,12 @@ import os
 import signal
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from .cluster import STRATEGIES, ClusterConfig, ConfigError, available_cpus, choose_strategy, parse_tf_config
+from .failure import failure_line, redact, write_failure_message
 
 if TYPE_CHECKING:
     from .data import Mnist
@@ -69,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: parse, pick the role, run it; one-line error and non-zero exit on failure."""
+    """Entry point: parse, pick the role, run it; on failure a one-line error (values of the variables named in
+    DISTTRAIN_REDACT_ENV replaced by ***) on stderr and in the termination message, and a non-zero exit."""
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, signal.SIG_DFL)  # end at once, even inside TensorFlow calls
     args = build_parser().parse_args(argv)
@@ -89,9 +92,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = parse_tf_config(os.environ.get("TF_CONFIG"))
         code = run(args, config)
     except Exception as exc:  # the contract: a clear one-line message and a non-zero exit
-        log.debug("failure", exc_info=True)
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"disttrain-trainer: error: {type(exc).__name__}: {message[:500]}", file=sys.stderr, flush=True)
+        if log.isEnabledFor(logging.DEBUG):  # --verbose: the traceback, with the same secrets hidden
+            log.debug("failure\n%s", redact(traceback.format_exc().rstrip()))
+        line = failure_line(exc)  # secrets named in DISTTRAIN_REDACT_ENV are *** in it
+        print(line, file=sys.stderr, flush=True)
+        write_failure_message(line)  # in a pod, the termination message (terminationMessagePolicy File)
         code = 2 if isinstance(exc, ConfigError) else 1
     from .servers import exit_now
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +14,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .failure import termination_log_path
+
 log = logging.getLogger(__name__)
 
 DEFAULT_OUTPUT_DIR = "disttrain-output"
 GRID_COLUMNS = 8
 GRID_IMAGES = 32
-TERMINATION_LOG_ENV = "DISTTRAIN_TERMINATION_LOG"
-DEFAULT_TERMINATION_LOG = "/dev/termination-log"  # the kubelet's default terminationMessagePath
 
 
 @dataclass(frozen=True)
@@ -72,7 +71,7 @@ def write_termination_message(metrics: dict[str, object]) -> Path | None:
     """In a pod, the final metrics as one JSON line in the termination message, which the kubelet puts in the
     container's status and the operator into the job's `status.results`. Only a file that already exists is
     written (the kubelet creates it), so outside Kubernetes nothing happens. Returns the path written."""
-    path = Path(os.environ.get(TERMINATION_LOG_ENV) or DEFAULT_TERMINATION_LOG)
+    path = termination_log_path()  # $DISTTRAIN_TERMINATION_LOG, else /dev/termination-log
     if not path.is_file():
         return None
     try:
