@@ -761,6 +761,10 @@ class ControlPlane:
             "--quota-backend-bytes=4294967296",
         ]
 
+    def _admission_plugins(self) -> list[str]:
+        """Admission plugins enabled on top of kube-apiserver's default set."""
+        return ["OwnerReferencesPermissionEnforcement", *(["NodeRestriction"] if self.node_ip else [])]
+
     def _apiserver_args(self, pki: Path) -> list[str]:
         assert self.workdir is not None
         return [
@@ -779,12 +783,12 @@ class ControlPlane:
             f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             f"--authorization-mode={'Node,RBAC' if self.node_ip else 'RBAC'}",
+            # As hardened clusters (and OpenShift) run it: setting blockOwnerDeletion needs `update` on the owner's
+            # finalizers, so a chart that lacks that right fails here as it would there (PodSecurity, the
+            # ValidatingAdmissionPolicy plugin and the rest of the default set stay on).
+            f"--enable-admission-plugins={','.join(self._admission_plugins())}",
             # kubelets by their InternalIP: never a DNS lookup of a node name on the host's resolver
-            *(
-                ["--enable-admission-plugins=NodeRestriction", "--kubelet-preferred-address-types=InternalIP"]
-                if self.node_ip
-                else []
-            ),
+            *(["--kubelet-preferred-address-types=InternalIP"] if self.node_ip else []),
             f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
             f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
             "--allow-privileged=true",

@@ -92,6 +92,13 @@ def test_operator_runs_as_a_pod_under_its_service_account(cluster: e2e.Cluster) 
     assert pod["spec"]["nodeName"]
     assert pod["spec"]["containers"][0]["image"].startswith("disttrain/operator:")
 
+    def holder() -> str:
+        found = cluster.kubectl("get", "lease", "disttrain-operator", "-n", e2e.OPERATOR_NAMESPACE, "-o",
+                                "jsonpath={.spec.holderIdentity}", check=False)
+        return found.stdout if found.stdout.startswith(pod["metadata"]["name"] + "_") else ""
+
+    e2e.controlplane.wait_for(holder, timeout=60, what="the operator pod holding the Lease")  # it leads: it acts
+
 
 # ------------------------------------------------------------------------------------ parameter servers
 
@@ -211,6 +218,34 @@ def test_shared_storage_example_and_tensorboard_through_port_forward(cluster: e2
         assert status == 200
         tags = json.loads(runs)
         assert {"loss", "accuracy", "heldout_accuracy"} <= set(tags["train"]), tags
+        assert "heldout_accuracy" in tags.get("eval", {}), tags  # the evaluator pod read the chief's checkpoints
     finally:
         forward.terminate()
         forward.wait(10)
+
+
+# ------------------------------------------------------------------------------------ secrets stay secret
+
+
+def test_a_secret_printed_by_a_failing_trainer_never_reaches_the_jobs_status(cluster: e2e.Cluster) -> None:
+    secret_value = "e2e-s3cr3t-4f9c1d"
+    secret = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "e2e-token"},
+              "stringData": {"token": secret_value}}
+    job = {
+        "apiVersion": "disttrain.io/v1alpha1", "kind": "DistTrainJob", "metadata": {"name": "leaky"},
+        "spec": {
+            "env": [{"name": "TOKEN", "valueFrom": {"secretKeyRef": {"name": "e2e-token", "key": "token"}}}],
+            # the kubelet expands $(TOKEN): the trainer's error names the missing folder, secret and all
+            "args": ["--data-dir=/missing/$(TOKEN)"],
+            "replicaSpecs": {"worker": {"replicas": 1, "restartPolicy": "Never",
+                                        "resources": {"requests": {"cpu": e2e.E2E_CPU_REQUEST}}}},
+        },
+    }
+    cluster.apply_job([secret, job])
+    cluster.wait_condition("leaky", "Failed", timeout=300)
+    status = json.dumps(cluster.get("dtj/leaky")["status"])
+    events = cluster.kubectl("get", "events", "--field-selector", "involvedObject.name=leaky").stdout
+    assert "***" in status, status  # the trainer's own failure line, masked, reached the condition
+    assert secret_value not in status and secret_value not in events
+    pod = pod_named(cluster, "leaky", "leaky-worker-0")
+    assert secret_value not in terminated(pod).get("message", "")

@@ -28,7 +28,7 @@ from kubernetes import client
 
 from disttrain_operator.api import GROUP, PLURAL, VERSION
 from disttrain_operator.builders import ANNOTATION_TF_CONFIG, LABEL_INDEX, LABEL_JOB
-from disttrain_operator.kube import Kube
+from disttrain_operator.kube import Kube, StaleReadError
 
 pytestmark = pytest.mark.cluster
 
@@ -74,6 +74,22 @@ class Cluster:
             "spec": {"image": IMAGE, "replicaSpecs": replica_specs, **spec},
         }
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, self.ns, PLURAL, body)
+
+    def shared_claim(self, name: str) -> str:
+        """A PersistentVolumeClaim bound to a PersistentVolume of its own (kwok pods mount nothing for real)."""
+        volume = f"{self.ns}-{name}"[:63]
+        self.core.create_persistent_volume({
+            "metadata": {"name": volume, "labels": {"disttrain.io/test": "true"}},
+            "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteMany"],
+                     "persistentVolumeReclaimPolicy": "Delete", "hostPath": {"path": f"/tmp/{volume}"},
+                     "claimRef": {"namespace": self.ns, "name": name}},
+        })
+        self.core.create_namespaced_persistent_volume_claim(self.ns, {
+            "metadata": {"name": name},
+            "spec": {"accessModes": ["ReadWriteMany"], "resources": {"requests": {"storage": "1Gi"}},
+                     "volumeName": volume, "storageClassName": ""},
+        })
+        return name
 
     def job(self, name: str) -> Obj | None:
         try:
@@ -164,9 +180,11 @@ def test_job_runs_to_success(cluster: Cluster, control_plane: Any) -> None:
     import tensorflow as tf
 
     job = "ps"
+    claim = cluster.shared_claim("outputs")  # the evaluator reads the chief's checkpoints there
     cluster.create_job(
         job,
         {"chief": {"replicas": 1}, "ps": {"replicas": 1}, "worker": {"replicas": 2}, "evaluator": {"replicas": 1}},
+        storage={"claimName": claim},
     )
     expected = names(job, chief=1, ps=1, worker=2, evaluator=1)
     pods = cluster.wait_pods(job, expected, phase="Running")
@@ -332,11 +350,13 @@ def test_deleting_job_garbage_collects_children(cluster: Cluster) -> None:
 def test_invalid_pod_template_fails_job_as_invalid_spec(cluster: Cluster) -> None:
     job = "bad"
     # The CRD preserves the template as it is; only the API server's pod validation can refuse it.
-    cluster.create_job(job, {"worker": {"replicas": 2, "template": {"spec": {"dnsPolicy": "Sometimes"}}}})
+    template = {"spec": {"dnsPolicy": "Sometimes"}}
+    cluster.create_job(job, {"worker": {"replicas": 2, "template": template}}, runPolicy={"ttlSecondsAfterFinished": 5})
     failed = cluster.wait_condition(job, "Failed", "InvalidSpec")
     assert "spec.replicaSpecs.worker" in failed["message"] and "dnsPolicy" in failed["message"]
     assert cluster.wait_event(job, "InvalidSpec")[0] == "Warning"
     assert not cluster.live_pods(job)
+    wait_for(lambda: cluster.job(job) is None, timeout=TIMEOUT, what="the invalid job deleted after its TTL")
 
 
 def test_operator_restarted_mid_creation_creates_exactly_the_pods(
@@ -410,10 +430,12 @@ def test_pod_security_refusal_fails_the_job_with_the_api_servers_message(cluster
     job = "runs-as-root"
     template = {"spec": {"securityContext": {"runAsNonRoot": False, "runAsUser": 0}}}
     cluster.create_job(job, {"worker": {"replicas": 1, "template": template}})
+    cluster.create_job("fine", {"worker": {"replicas": 1}})  # the operator keeps serving good jobs meanwhile
     failed = cluster.wait_condition(job, "Failed")
     assert 'violates PodSecurity "restricted:latest"' in failed["message"], failed
     assert "spec.replicaSpecs.worker" in failed["message"] and "runAsNonRoot" in failed["message"]
     assert not cluster.live_pods(job)
+    cluster.wait_pods("fine", names("fine", worker=1))
 
 
 def test_each_job_gets_a_network_policy_unless_its_spec_says_no(cluster: Cluster) -> None:
@@ -429,3 +451,31 @@ def test_each_job_gets_a_network_policy_unless_its_spec_says_no(cluster: Cluster
     assert found["spec"]["podSelector"] == own
     assert found["spec"]["ingress"][0] == {"from": [{"podSelector": own}], "ports": [{"port": 2345, "protocol": "TCP"}]}
     assert [p.metadata.name for p in networking.list_namespaced_network_policy(cluster.ns).items] == ["isolated"]
+
+
+def test_a_strangers_service_with_a_task_name_gets_no_pods_until_it_is_gone(cluster: Cluster) -> None:
+    job = "taken"
+    stranger = {"metadata": {"name": f"{job}-worker-0"}, "spec": {"ports": [{"port": 2222}], "selector": {"a": "b"}}}
+    cluster.core.create_namespaced_service(cluster.ns, stranger)  # TF_CONFIG would send worker 0's traffic there
+    cluster.create_job(job, {"worker": {"replicas": 2}})
+    assert "not controlled by this job" in cluster.wait_event(job, "NameTaken", f"{job}-worker-0")[2]
+    assert not cluster.live_pods(job)
+    cluster.core.delete_namespaced_service(f"{job}-worker-0", cluster.ns)
+    cluster.wait_pods(job, names(job, worker=2))  # the retry creates our own Service, then the pods
+
+
+def test_a_status_decided_on_a_stale_read_never_overwrites_a_newer_one(cluster: Cluster) -> None:
+    # the operator under test is running too: the job is suspended, so it only writes the Suspended condition
+    cluster.create_job("contested", {"worker": {"replicas": 1}}, runPolicy={"suspend": True})
+    cluster.wait_condition("contested", "Suspended")
+    stale = cluster.job("contested")
+    assert stale is not None
+    newer = {"status": {"conditions": [*stale["status"]["conditions"], {
+        "type": "Succeeded", "status": "True", "reason": "ByAnotherOperator", "message": "",
+        "lastTransitionTime": "2026-12-02T00:00:00Z"}]}}
+    cluster.custom.patch_namespaced_custom_object_status(GROUP, VERSION, cluster.ns, PLURAL, "contested", newer)
+    kube = Kube(cluster.api_client)
+    with pytest.raises(StaleReadError):  # before: the merge patch won and the Succeeded condition vanished
+        asyncio.run(kube.patch_job_status(cluster.ns, "contested", {"conditions": stale["status"]["conditions"]},
+                                          stale["metadata"]["resourceVersion"]))
+    assert cluster.condition("contested", "Succeeded")["reason"] == "ByAnotherOperator"

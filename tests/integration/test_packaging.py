@@ -61,6 +61,9 @@ OPTIONAL_FOR_KOPF: set[Permission] = {
 # Granted for a path the scenario below cannot force: reading a pod whose create said AlreadyExists
 # (the operator adopts its own pod after a crash between create and index update).
 GRANTED_FOR_UNFORCEABLE_PATHS: set[Permission] = {("", "pods", "get")}
+# Never requested, but checked by the OwnerReferencesPermissionEnforcement admission plugin (on in the test control
+# plane, as in hardened clusters) when a child sets blockOwnerDeletion on its job: without it every create is a 403.
+CHECKED_BY_ADMISSION: set[Permission] = {("disttrain.io", "disttrainjobs/finalizers", "update")}
 
 
 # ---------------------------------------------------------------- command-line tools
@@ -155,19 +158,25 @@ def test_default_values_render_a_cluster_wide_least_privilege_operator(tools: To
     objects = tools.template()
     assert kinds(objects) == [
         ("ClusterRole", None), ("ClusterRoleBinding", None), ("Deployment", DEPLOY_NAMESPACE),
+        ("Role", DEPLOY_NAMESPACE), ("RoleBinding", DEPLOY_NAMESPACE),  # the leader-election Lease only
         ("Service", DEPLOY_NAMESPACE), ("ServiceAccount", DEPLOY_NAMESPACE),
         *[("ValidatingAdmissionPolicy", None)] * 2, *[("ValidatingAdmissionPolicyBinding", None)] * 2,
     ]
+    assert permissions(only(objects, "Role")["rules"]) == LEASE_RIGHTS
     deployment = only(objects, "Deployment")
     spec = deployment["spec"]
-    assert spec["replicas"] == 1 and spec["strategy"] == {"type": "Recreate"}
+    # leader election: a rollout starts the new operator, which waits for the Lease the old one gives up
+    assert spec["replicas"] == 1 and spec["strategy"]["type"] == "RollingUpdate"
+    single = only(tools.template("--set", "leaderElection.enabled=false"), "Deployment")["spec"]
+    assert single["strategy"] == {"type": "Recreate"} and "--leader-elect" not in str(single)
     pod = spec["template"]["spec"]
     assert pod["serviceAccountName"] == "disttrain"
     assert pod["securityContext"]["runAsNonRoot"] is True and pod["securityContext"]["runAsUser"] != 0
     (container,) = pod["containers"]
     assert container["image"] == "disttrain/operator:0.1.0"
     assert container["args"] == ["--all-namespaces", "--liveness=http://0.0.0.0:8080/healthz", "--metrics-port=9090",
-                                 "--allowed-service-account=default"]
+                                 "--allowed-service-account=default", "--leader-elect"]
+    assert [e["name"] for e in container["env"]] == ["POD_NAME", "POD_NAMESPACE"]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
     assert container["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"},
                                   {"name": "metrics", "containerPort": 9090, "protocol": "TCP"}]
@@ -178,7 +187,9 @@ def test_default_values_render_a_cluster_wide_least_privilege_operator(tools: To
     binding = only(objects, "ClusterRoleBinding")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "disttrain", "namespace": DEPLOY_NAMESPACE}]
     rules = permissions(only(objects, "ClusterRole")["rules"])
-    assert ("", "secrets", "get") not in rules and not any(v in ("*", "update", "escalate") for _, _, v in rules)
+    assert ("", "secrets", "get") not in rules
+    assert not any(v in ("*", "escalate") or (v == "update" and (g, r, v) not in CHECKED_BY_ADMISSION)
+                   for g, r, v in rules)
     service = only(objects, "Service")
     assert [(p["name"], p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [
         ("health", 8080, "health"), ("metrics", 9090, "metrics")]
@@ -198,24 +209,26 @@ def test_namespaced_values_render_a_role_per_watched_namespace(tools: Tools) -> 
         release="ml",
     )
     assert kinds(objects) == [
-        ("Deployment", DEPLOY_NAMESPACE), ("Role", "team-a"), ("Role", "team-b"),
-        ("RoleBinding", "team-a"), ("RoleBinding", "team-b"), ("ServiceAccount", DEPLOY_NAMESPACE),
+        ("Deployment", DEPLOY_NAMESPACE), ("Role", DEPLOY_NAMESPACE), ("Role", "team-a"), ("Role", "team-b"),
+        ("RoleBinding", DEPLOY_NAMESPACE), ("RoleBinding", "team-a"), ("RoleBinding", "team-b"),
+        ("ServiceAccount", DEPLOY_NAMESPACE),
         *[("ValidatingAdmissionPolicy", None)] * 2, *[("ValidatingAdmissionPolicyBinding", None)] * 2,
     ]
     for binding in (o for o in objects if o["kind"] == "ValidatingAdmissionPolicyBinding"):  # only where it serves
         assert binding["spec"]["matchResources"]["namespaceSelector"]["matchExpressions"] == [
             {"key": "kubernetes.io/metadata.name", "operator": "In", "values": ["team-a", "team-b"]}]
     cluster_rules = permissions(only(tools.template(), "ClusterRole")["rules"])
-    for role in (o for o in objects if o["kind"] == "Role"):
+    served = [o for o in objects if o["metadata"].get("namespace") in ("team-a", "team-b")]
+    for role in (o for o in served if o["kind"] == "Role"):
         assert permissions(role["rules"]) == cluster_rules, "the same rules in both modes"
-    for binding in (o for o in objects if o["kind"] == "RoleBinding"):
+    for binding in (o for o in served if o["kind"] == "RoleBinding"):
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "trainer-operator",
                                         "namespace": DEPLOY_NAMESPACE}]
         assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "ml-disttrain"}
     pod = only(objects, "Deployment")["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     assert container["args"] == ["--namespace=team-a", "--namespace=team-b", "--liveness=http://0.0.0.0:9090/healthz",
-                                 "--metrics-port=9100", "--allowed-service-account=default"]
+                                 "--metrics-port=9100", "--allowed-service-account=default", "--leader-elect"]
     assert container["image"] == "registry.example.com/ml/disttrain-operator:0.1.0-rc1"
     assert container["imagePullPolicy"] == "Never"
     assert [(p["name"], p["containerPort"]) for p in container["ports"]] == [("health", 9090), ("metrics", 9100)]
@@ -237,8 +250,8 @@ def test_template_policy_values_switch_the_admission_policies_and_the_operators_
     (only_sa,) = [o for o in opened if o["kind"] == "ValidatingAdmissionPolicy"]
     assert only_sa["spec"]["variables"] == [{"name": "allowedServiceAccounts", "expression": '["default","trainer"]'}]
     args = only(opened, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[-4:] == ["--no-network-policy", "--allow-host-access", "--allowed-service-account=default",
-                         "--allowed-service-account=trainer"]
+    assert args[-5:] == ["--no-network-policy", "--allow-host-access", "--allowed-service-account=default",
+                         "--allowed-service-account=trainer", "--leader-elect"]
     anything = tools.template("--set", "templatePolicy.allowHostAccess=true",
                               "--set", "templatePolicy.allowedServiceAccounts={*}")
     assert not [o for o in anything if "AdmissionPolicy" in o["kind"]]
@@ -334,7 +347,7 @@ def test_helm_install_creates_the_expected_objects(tools: Tools, clusterwide_rel
                      ("ServiceAccount", "dt-cw-disttrain")]
     deployment = next(o for o in got if o["kind"] == "Deployment")
     assert deployment["status"].get("availableReplicas") == 1, deployment["status"]
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["strategy"]["type"] == "RollingUpdate"
     role = json.loads(tools.k("get", "clusterrole", "dt-cw-disttrain", "-o", "json").stdout)
     assert permissions(role["rules"]) == permissions(only(tools.template(), "ClusterRole")["rules"])
     binding = json.loads(tools.k("get", "clusterrolebinding", "dt-cw-disttrain", "-o", "json").stdout)
@@ -376,9 +389,12 @@ EVERYONES_REVIEWS = {
 }
 
 
+LEASE_VERBS = ["get", "create", "update"]
+LEASE_RIGHTS: set[Permission] = {("coordination.k8s.io", "leases", verb) for verb in LEASE_VERBS}
 OPERATOR_RIGHTS = {
     "disttrainjobs.disttrain.io": ["get", "list", "watch", "patch", "delete"],
     "disttrainjobs.disttrain.io/status": ["patch"],
+    "disttrainjobs.disttrain.io/finalizers": ["update"],
     "pods": ["get", "list", "watch", "create", "delete"],
     "services": ["get", "create"],
     "networkpolicies.networking.k8s.io": ["get", "create"],
@@ -396,9 +412,12 @@ def can_i_list(tools: Tools, user: str, namespace: str) -> dict[str, list[str]]:
 def test_the_operators_rights_are_exactly_the_list_in_every_namespace(tools: Tools, clusterwide_release: str) -> None:
     user = f"system:serviceaccount:{clusterwide_release}:dt-cw-disttrain"
     expected = {**EVERYONES_REVIEWS, **OPERATOR_RIGHTS}
-    # no secrets, no exec, no updates, nothing created but pods, services, network policies and events
-    for namespace in ("team-x", clusterwide_release, "kube-system"):
+    # no secrets, no exec, no updates (the finalizers right is only checked by admission), nothing created but
+    # pods, services, network policies and events
+    for namespace in ("team-x", "kube-system"):
         assert can_i_list(tools, user, namespace) == expected, namespace
+    # and the leader-election Lease, in its own namespace only
+    assert can_i_list(tools, user, clusterwide_release) == {**expected, "leases.coordination.k8s.io": LEASE_VERBS}
 
 
 # ---------------------------------------------------------------- the operator under the chart's identity
@@ -497,9 +516,9 @@ def classify(method: str, path: str, query: str) -> Permission | None:
 class OperatorProcess:
     """`disttrain operator -n NS --liveness none --metrics-port 0` with the given kubeconfig, logging to a file."""
 
-    def __init__(self, kubeconfig: Path, namespace: str, log: Path) -> None:
+    def __init__(self, kubeconfig: Path, namespace: str, log: Path, *extra: str) -> None:
         self.args = [str(Path(sys.executable).parent / "disttrain"), "operator", "-n", namespace, "--liveness", "none",
-                     "--metrics-port", "0"]
+                     "--metrics-port", "0", *extra]
         self.env = {**os.environ, "KUBECONFIG": str(kubeconfig)}
         self.log = log
         self.proc: subprocess.Popen | None = None
@@ -546,7 +565,7 @@ def test_operator_with_only_the_charts_permissions_runs_a_job_and_uses_every_per
 
     # Namespaced mode: rights in the watched namespace only (the multi-tenant default, docs/security.md).
     assert can_i_list(tools, user, "kube-system") == EVERYONES_REVIEWS
-    assert can_i_list(tools, user, operator_ns) == EVERYONES_REVIEWS
+    assert can_i_list(tools, user, operator_ns) == {**EVERYONES_REVIEWS, "leases.coordination.k8s.io": LEASE_VERBS}
     assert set(can_i_list(tools, user, jobs_ns)) - set(EVERYONES_REVIEWS) == set(OPERATOR_RIGHTS)
     assert can_i(tools, user, "create", "pods", "-n", jobs_ns)
     assert not can_i(tools, user, "create", "pods", "-n", operator_ns)
@@ -566,7 +585,8 @@ def test_operator_with_only_the_charts_permissions_runs_a_job_and_uses_every_per
         "users": [{"name": sa, "user": {"token": token}}],
         "contexts": [{"name": "operator", "context": {"cluster": "proxy", "user": sa, "namespace": jobs_ns}}],
     }))
-    operator = OperatorProcess(kubeconfig, jobs_ns, tmp_path / "operator.log")
+    operator = OperatorProcess(kubeconfig, jobs_ns, tmp_path / "operator.log", "--leader-elect",
+                               "--leader-election-namespace", operator_ns)  # as the chart runs it
     custom = client.CustomObjectsApi(k8s_client)
     core = client.CoreV1Api(k8s_client)
     name = "rbac-check"
@@ -637,6 +657,6 @@ def test_operator_with_only_the_charts_permissions_runs_a_job_and_uses_every_per
             granted |= permissions(role["rules"])
     needed = used()
     assert needed <= granted, f"used but not granted: {sorted(needed - granted)}"
-    unused = granted - needed - GRANTED_FOR_UNFORCEABLE_PATHS
+    unused = granted - needed - GRANTED_FOR_UNFORCEABLE_PATHS - CHECKED_BY_ADMISSION
     assert not unused, f"granted but never used (not least privilege): {sorted(unused)}"
     assert "Traceback" not in log, log[-3000:]

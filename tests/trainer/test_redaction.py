@@ -74,6 +74,19 @@ def test_redaction_rules() -> None:
     assert line.endswith(": " + "x" * 495 + " " + MASK) and "abcd" not in line
 
 
+def test_a_whole_secret_from_env_from_hides_every_value_but_the_known_ones() -> None:
+    env = {
+        "DISTTRAIN_REDACT_ENV": "*",
+        "DB_PASSWORD": "hunter2-xyz",
+        "API_KEY": "k-7781234",
+        "HOME": "/home/trainer",
+        "TF_CONFIG": '{"cluster": {}}',
+        "DISTTRAIN_OUTPUT_DIR": "/var/lib/out",
+    }
+    text = "failed with hunter2-xyz and k-7781234 under /home/trainer writing /var/lib/out"
+    assert redact(text, env) == "failed with *** and *** under /home/trainer writing /var/lib/out"
+
+
 def test_the_failure_message_is_written_only_where_the_kubelet_created_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -224,11 +224,12 @@ def specs(junk_weight: int = 1, finite: bool = False, borderline: bool = True) -
         "successPolicy": one(["ChiefOrWorker0", "AllWorkers"], ["Everyone"]),
         "storage": storage,
     }
+    required = {"replicaSpecs": v(replica_specs)}
     if borderline:
         optional_fields["replicas"] = integer((1, 3))  # a field the API does not have
-    return st.fixed_dictionaries(
-        {"replicaSpecs": v(replica_specs)}, optional={key: v(value) for key, value in optional_fields.items()}
-    )
+    else:  # mostly workable: an evaluator needs the shared storage it reads checkpoints from
+        required["storage"] = v(optional_fields.pop("storage"))
+    return st.fixed_dictionaries(required, optional={key: v(value) for key, value in optional_fields.items()})
 
 
 NAMES = st.sampled_from(["mnist", "job-1", "a" * 54, "a" * 60, "Bad", "my.job", "job\n"])

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from disttrain_operator.api import DistTrainJobStatus, ReplicaStatus, ReplicaType
-from disttrain_operator.handlers import observed_pods, status_patch
+from disttrain_operator.handlers import OperatorState, observed_pods, status_patch
 from disttrain_operator.lifecycle import ReplicaObservation
 
 
@@ -30,3 +30,14 @@ def test_observed_pods_keeps_only_pods_this_job_controls() -> None:
     index = {("ns", "job"): [("job-uid", mine), ("old-job-uid", stranger)]}
     assert observed_pods(index, ("ns", "job"), "job-uid") == [mine]  # type: ignore[arg-type]
     assert observed_pods(index, ("ns", "other"), "job-uid") == []  # type: ignore[arg-type]
+
+
+def test_the_operator_forgets_a_deleted_job_entirely() -> None:
+    state = OperatorState(kube=None)  # type: ignore[arg-type]
+    key = ("ns", "job")
+    assert state.first_report(key, "uid-1", "quota") and not state.first_report(key, "uid-1", "quota")
+    assert state.first_report(key, "uid-2", "quota")  # a new job of the same name is told again
+    state.lock(key)
+    state.due[key] = 1.0
+    state.forget(key)
+    assert not state.locks and not state.due and not state.reported  # memory follows the jobs that exist

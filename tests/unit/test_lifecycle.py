@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from disttrain_operator.api import DistTrainJobSpec, DistTrainJobStatus, ReplicaType
+from disttrain_operator.api import DistTrainJobSpec, DistTrainJobStatus, ReplicaType, readable_ttl
 from disttrain_operator.lifecycle import (
     SELF_EXIT_GRACE_SECONDS,
     Plan,
@@ -189,7 +189,8 @@ def test_all_workers_policy_waits_for_every_worker() -> None:
 def test_failure_under_never_fails_the_job_naming_the_replica(role: ReplicaType) -> None:
     spec = spec_from(
         {"chief": {}, "ps": {"replicas": 1}, "worker": {"replicas": 1}, "evaluator": {}}
-        | {role.value: {"replicas": 1, "restartPolicy": "Never"}}
+        | {role.value: {"replicas": 1, "restartPolicy": "Never"}},
+        storage={"claimName": "outputs"},
     )
     pods = replace(all_running(spec), pod(role, 0, "Failed", exit_code=1, reason="Error"))
     plan = step(spec, pods)
@@ -414,3 +415,19 @@ def test_invalid_spec_leaves_a_finished_job_alone() -> None:
     plan = fail_invalid_spec(done, "spec.replicaSpecs: broken", T0, all_running(spec))
     assert plan.status.state == "Succeeded" and not plan.status.is_true("Failed")
     assert plan.delete == [] and plan.events == []
+
+
+def test_an_invalid_job_expires_after_its_ttl_too() -> None:
+    failed = fail_invalid_spec(DistTrainJobStatus(), "spec.replicaSpecs: broken", T0, ttl=30)
+    assert failed.status.is_true("Failed") and not failed.delete_job
+    assert failed.requeue_after == 30  # looked at again when it expires
+    later = fail_invalid_spec(failed.status, "spec.replicaSpecs: broken", T0 + timedelta(seconds=31), ttl=30)
+    assert later.delete_job and later.status.is_true("Failed")
+    assert not fail_invalid_spec(failed.status, "same", T0 + timedelta(days=9)).delete_job  # no TTL: kept
+
+
+def test_readable_ttl_reads_only_a_sound_value() -> None:
+    assert readable_ttl({"runPolicy": {"ttlSecondsAfterFinished": 10}, "replicaSpecs": "broken"}) == 10
+    for spec in (None, [], {"runPolicy": "x"}, {"runPolicy": {"ttlSecondsAfterFinished": -1}},
+                 {"runPolicy": {"ttlSecondsAfterFinished": True}}, {"runPolicy": {"ttlSecondsAfterFinished": "5"}}):
+        assert readable_ttl(spec) is None, spec

@@ -22,7 +22,7 @@ def test_cluster_uses_each_tasks_own_service_name() -> None:
 
 
 def test_evaluator_is_not_part_of_the_training_cluster_but_gets_a_task() -> None:
-    spec = spec_from({"chief": {}, "ps": {}, "worker": {}, "evaluator": {}})
+    spec = spec_from({"chief": {}, "ps": {}, "worker": {}, "evaluator": {}}, storage={"claimName": "outputs"})
     cluster = cluster_spec(spec, service_address_of("j", "ns", 2222))
     assert "evaluator" not in cluster
     config = json.loads(tf_config_json(cluster, ReplicaType.EVALUATOR, 0))

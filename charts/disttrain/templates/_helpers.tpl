@@ -45,6 +45,8 @@ operator with these rules and records every request it makes):
   - disttrainjobs: Kopf lists and watches them and patches its progress annotations and finalizer;
     the operator reads one before each reconcile and deletes it after ttlSecondsAfterFinished.
   - disttrainjobs/status: the operator merge-patches the status subresource.
+  - disttrainjobs/finalizers (update): never called; the OwnerReferencesPermissionEnforcement admission
+    plugin (OpenShift, hardened clusters) checks it before a child may set blockOwnerDeletion on its job.
   - pods: Kopf lists and watches the jobs' pods; the operator creates and deletes them, and reads
     one when a create says AlreadyExists (adopting its own pod after a restart).
   - services: the operator creates each job's headless Service, and reads it on AlreadyExists.
@@ -60,6 +62,9 @@ run time; it works without (logging a warning), so those cluster-wide reads are 
 - apiGroups: ["disttrain.io"]
   resources: ["disttrainjobs/status"]
   verbs: ["patch"]
+- apiGroups: ["disttrain.io"]
+  resources: ["disttrainjobs/finalizers"]
+  verbs: ["update"]
 - apiGroups: [""]
   resources: ["pods"]
   verbs: ["get", "list", "watch", "create", "delete"]

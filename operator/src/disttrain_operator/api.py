@@ -63,6 +63,8 @@ TEMPLATE_TRAINER_MESSAGE = (
     f"template.spec.containers has no container named '{TRAINER_CONTAINER}': the trainer container must be named "
     f"{TRAINER_CONTAINER} (other containers keep their names and are left as written)"
 )
+
+
 def _typed(kind: str, description: str, **extra: Any) -> dict[str, Any]:
     return {"type": kind, "description": description, **extra}
 
@@ -445,6 +447,13 @@ def always_message(role: ReplicaType) -> str:
     )
 
 
+# The evaluator reads the checkpoints the chief writes; without a shared volume it would evaluate nothing, silently.
+EVALUATOR_STORAGE_MESSAGE = (
+    "an evaluator evaluates the checkpoints the chief writes, which it can only read from shared storage: "
+    "set spec.storage (a ReadWriteMany PersistentVolumeClaim) or remove the evaluator"
+)
+
+
 class DistTrainJobSpec(Model):
     """The desired TensorFlow cluster and how to run it."""
 
@@ -453,6 +462,12 @@ class DistTrainJobSpec(Model):
         for role in self.success_deciders():
             if getattr(self.replica_specs, role.value).restart_policy == "Always":
                 raise ValueError(f"spec.replicaSpecs.{role.value}.restartPolicy: {always_message(role)}")
+        return self
+
+    @model_validator(mode="after")
+    def _check_evaluator_has_storage(self) -> DistTrainJobSpec:
+        if self.replica_specs.count(ReplicaType.EVALUATOR) and self.storage is None:
+            raise ValueError(f"spec.replicaSpecs.evaluator.replicas: {EVALUATOR_STORAGE_MESSAGE}")
         return self
 
     def success_deciders(self) -> list[ReplicaType]:
@@ -544,6 +559,13 @@ def parse_spec(name: str, spec: dict[str, Any], policy: TemplatePolicy = DEFAULT
     except ValueError as error:
         raise InvalidSpecError(str(error)) from None
     return parsed
+
+
+def readable_ttl(spec: Any) -> int | None:
+    """ttlSecondsAfterFinished of a spec that may be invalid otherwise: an invalid job still expires."""
+    run_policy = spec.get("runPolicy") if isinstance(spec, dict) else None
+    ttl = run_policy.get("ttlSecondsAfterFinished") if isinstance(run_policy, dict) else None
+    return ttl if isinstance(ttl, int) and not isinstance(ttl, bool) and ttl >= 0 else None
 
 
 def parse_manifest(manifest: dict[str, Any]) -> tuple[str, str, DistTrainJobSpec]:

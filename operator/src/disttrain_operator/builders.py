@@ -206,7 +206,8 @@ def _trainer_container(base: Obj, job_name: str, spec: DistTrainJobSpec, replica
     secret_names = [var["name"] for var in container["env"] if "secretKeyRef" in (var.get("valueFrom") or {})]
     from_secrets = any("secretRef" in source for source in container.get("envFrom", []))
     if secret_names or from_secrets:
-        container["env"] = merge_named(container["env"], [{"name": REDACT_ENV, "value": ",".join(secret_names)}])
+        hidden = [*secret_names, *(["*"] if from_secrets else [])]  # `*`: a whole Secret, its keys unknown here
+        container["env"] = merge_named(container["env"], [{"name": REDACT_ENV, "value": ",".join(hidden)}])
         container["terminationMessagePolicy"] = "File"  # the log tail might print a Secret's value
     port = {"name": PORT_NAME, "containerPort": spec.port, "protocol": "TCP"}
     container["ports"] = merge_named([p for p in container.get("ports", []) if p.get("name") != PORT_NAME], [port])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -56,6 +57,18 @@ def _parser() -> argparse.ArgumentParser:
         help="by default, create no NetworkPolicy per job (a job's spec.networkPolicy still decides for it)",
     )
 
+    operator.add_argument("--verbose", "-v", action="store_true", help="debug logs, with tracebacks of failed passes")
+    operator.add_argument(
+        "--leader-elect",
+        action="store_true",
+        help="act only while holding the coordination.k8s.io Lease 'disttrain-operator' (several replicas: one acts)",
+    )
+    operator.add_argument(
+        "--leader-election-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "default",
+        help="the Lease's namespace (default $POD_NAMESPACE, else default)",
+    )
+
     commands.add_parser("crd", help="print the generated CustomResourceDefinition YAML")
     policy = commands.add_parser(
         "template-policy", help="print the ValidatingAdmissionPolicies that refuse host access in templates"
@@ -107,14 +120,15 @@ def main(argv: list[str] | None = None) -> int:
 
     liveness = None if args.liveness == "none" else args.liveness
     policy = TemplatePolicy(args.allow_host_access, tuple(args.service_accounts or DEFAULT_SERVICE_ACCOUNTS))
-    run_operator(
+    return run_operator(
         namespaces=args.namespaces,
         liveness=liveness,
         metrics_port=args.metrics_port or None,
         policy=policy,
         network_policy=not args.no_network_policy,
+        verbose=args.verbose,
+        leader_namespace=args.leader_election_namespace if args.leader_elect else None,
     )
-    return 0
 
 
 if __name__ == "__main__":

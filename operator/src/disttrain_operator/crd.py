@@ -111,6 +111,11 @@ SPEC_RULES: list[dict[str, str]] = [
         "message": api.always_message(api.ReplicaType.WORKER),
         "fieldPath": ".replicaSpecs.worker.restartPolicy",
     },
+    {
+        "rule": "!has(self.replicaSpecs.evaluator) || self.replicaSpecs.evaluator.replicas == 0 || has(self.storage)",
+        "message": api.EVALUATOR_STORAGE_MESSAGE,
+        "fieldPath": ".replicaSpecs.evaluator.replicas",
+    },
 ]
 
 

@@ -14,16 +14,30 @@ the next pass (or by `on.resume` after an operator restart).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-from collections.abc import Iterable
+import os
+import signal
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import kopf
+from kubernetes.client import ApiException
 
 from . import metrics
-from .api import GROUP, PLURAL, VERSION, DistTrainJobSpec, DistTrainJobStatus, InvalidSpecError, parse_spec
+from .api import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    DistTrainJobSpec,
+    DistTrainJobStatus,
+    InvalidSpecError,
+    parse_spec,
+    readable_ttl,
+)
 from .builders import (
     LABEL_JOB,
     LABEL_ROLE,
@@ -35,7 +49,16 @@ from .builders import (
     observe_pod,
     pod_replica,
 )
-from .kube import ForeignObjectError, Kube, RejectedObjectError, make_api_client
+from .kube import (
+    ForeignObjectError,
+    Kube,
+    RefusedCreateError,
+    RejectedObjectError,
+    StaleReadError,
+    error_message,
+    make_api_client,
+)
+from .leader import LeaderElector, standby_liveness
 from .lifecycle import Plan, ReplicaObservation, fail_invalid_spec, reconcile
 from .policy import DEFAULT_POLICY, TemplatePolicy
 from .tfconfig import TRAINING_ROLES, pod_name
@@ -62,7 +85,9 @@ class OperatorState:
     due: dict[JobKey, float] = field(default_factory=dict)  # loop.time() of the next look
     index: kopf.Index | None = None  # the pods index, as last handed to a handler
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
-    names_taken: set[tuple[str, str]] = field(default_factory=set)  # (job UID, child name) already reported
+    reported: dict[JobKey, set[tuple[str, str]]] = field(
+        default_factory=dict
+    )  # warnings posted once: names taken, refusals
     policy: TemplatePolicy = DEFAULT_POLICY  # what job templates may do (the chart's templatePolicy values)
     network_policy: bool = True  # a NetworkPolicy per job unless its spec says otherwise
 
@@ -70,8 +95,18 @@ class OperatorState:
         return self.locks.setdefault(key, asyncio.Lock())
 
     def forget(self, key: JobKey) -> None:
+        """Drops everything kept for a job that is gone, so the operator's memory follows the jobs that exist."""
         self.locks.pop(key, None)
         self.due.pop(key, None)
+        self.reported.pop(key, None)
+
+    def first_report(self, key: JobKey, uid: str, what: str) -> bool:
+        """True the first time `what` is reported for this job (by UID: a new job of the same name starts over)."""
+        seen = self.reported.setdefault(key, set())
+        if (uid, what) in seen:
+            return False
+        seen.add((uid, what))
+        return True
 
 
 # ---------------------------------------------------------------- operator activities
@@ -146,13 +181,33 @@ async def reconcile_soon(state: OperatorState, key: JobKey) -> None:
     if key in state.queued or state.index is None:
         return
     state.queued.add(key)
+    with contextlib.suppress(InvalidSpecError):  # the job is Failed/InvalidSpec; nothing more to do
+        await reconcile_or_retry(state, key, state.index)
+
+
+async def reconcile_or_retry(
+    state: OperatorState, key: JobKey, index: kopf.Index, ensure_service: bool = False
+) -> None:
+    """One pass; a failed one is one log line naming the job and the cause (the traceback only with --verbose)
+    and a retry after RETRY_SECONDS. Raises InvalidSpecError (the job is now Failed/InvalidSpec)."""
     try:
-        await reconcile_job(state, key, state.index)
+        await reconcile_job(state, key, index, ensure_service)
     except InvalidSpecError:
-        pass  # the job is Failed/InvalidSpec; nothing more to do
-    except Exception:
-        logger.exception("reconciling %s/%s failed; retrying in %ss", *key, RETRY_SECONDS)
+        raise
+    except StaleReadError as error:  # not a failure: another writer was first; decide again from a fresh read
+        logger.info("%s", error)
+        state.due[key] = asyncio.get_running_loop().time()
+    except Exception as error:
+        logger.warning("reconciling %s/%s failed: %s; retrying in %ss", *key, failure_cause(error), RETRY_SECONDS)
+        logger.debug("traceback of the failed pass", exc_info=True)
         state.due[key] = asyncio.get_running_loop().time() + RETRY_SECONDS
+
+
+def failure_cause(error: BaseException) -> str:
+    """What went wrong, in one line: the API server's own message for an API error."""
+    if isinstance(error, ApiException):
+        return f"{error.status} {error.reason}: {error_message(error)}"
+    return " ".join(f"{type(error).__name__}: {error}".split())
 
 
 async def wake_up_loop(state: OperatorState) -> None:
@@ -177,6 +232,13 @@ async def wake_up_loop(state: OperatorState) -> None:
 # ---------------------------------------------------------------- jobs
 
 
+@kopf.on.event(*JOB_RESOURCE, id="job-deleted")
+def job_event(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
+    """A job deleted: forget its lock, wake-up time and reports (no pass may follow when it had no pods)."""
+    if event.get("type") == "DELETED" and "state" in memo:
+        memo.state.forget((namespace, name))
+
+
 @kopf.on.resume(*JOB_RESOURCE, id="job")
 @kopf.on.create(*JOB_RESOURCE, id="job")
 @kopf.on.update(*JOB_RESOURCE, field="spec", id="job")
@@ -186,7 +248,7 @@ async def job_changed(namespace: str, name: str, memo: kopf.Memo, job_pods: kopf
     state.index = job_pods
     state.queued.add((namespace, name))
     try:
-        await reconcile_job(state, (namespace, name), job_pods, ensure_service=True)
+        await reconcile_or_retry(state, (namespace, name), job_pods, ensure_service=True)
     except InvalidSpecError as error:
         raise kopf.PermanentError(f"invalid spec: {error}") from error
 
@@ -238,12 +300,12 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.In
         plan = reconcile(spec, observed_pods(job_pods, key, uid), previous, now, job["metadata"].get("generation"))
         stored = await apply_plan(state, job, spec, plan, stored, ensure_service)
     except InvalidSpecError as error:
-        failed = fail_invalid_spec(
-            DistTrainJobStatus.model_validate(stored), str(error), now, observed_pods(job_pods, key, uid)
-        )
+        previous = DistTrainJobStatus.model_validate(stored)
+        ttl = readable_ttl(job.get("spec"))
+        failed = fail_invalid_spec(previous, str(error), now, observed_pods(job_pods, key, uid), ttl)
         await apply_plan(state, job, None, failed, stored)
-        state.due.pop(key, None)
-        metrics.record_job_state(key, failed.status.state)
+        _schedule(state, key, None if failed.delete_job else failed.requeue_after)
+        metrics.record_job_state(key, None if failed.delete_job else failed.status.state)
         raise
     metrics.record_job_state(key, None if plan.delete_job else plan.status.state)
     logger.debug(
@@ -259,32 +321,55 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.In
     wait = plan.requeue_after
     if not plan.status.finished:
         wait = min(wait if wait is not None else RESYNC_SECONDS, RESYNC_SECONDS)
-    if wait is None or plan.delete_job:
+    _schedule(state, key, None if plan.delete_job else wait)
+
+
+def _schedule(state: OperatorState, key: JobKey, wait: float | None) -> None:
+    """The job's next look in `wait` seconds; none when None."""
+    if wait is None:
         state.due.pop(key, None)
     else:
         state.due[key] = asyncio.get_running_loop().time() + max(wait, 0.0)
 
 
-async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -> None:
-    """Creates (or adopts) children concurrently. A name taken by a stranger is reported as an event;
-    an object the API server refuses makes the spec invalid."""
+async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -> set[str]:
+    """Creates (or adopts) children concurrently; returns the names taken by strangers (each reported once as an
+    event). An object the API server refuses for good makes the spec invalid; one it refuses for now, a failed
+    pass."""
     uid = job["metadata"]["uid"]
+    taken: set[str] = set()
     results = await asyncio.gather(*(state.kube.create_or_adopt(c, uid) for c in children), return_exceptions=True)
+    refused: list[str] = []
     for child, result in zip(children, results, strict=True):
         if result is True and child["kind"] == "Pod":
             metrics.PODS_CREATED.inc()
         elif isinstance(result, ForeignObjectError):
-            taken = (uid, child["metadata"]["name"])
-            if taken not in state.names_taken:  # retried on every pass; reported once
-                state.names_taken.add(taken)
+            taken.add(child["metadata"]["name"])
+            key = (job["metadata"]["namespace"], job["metadata"]["name"])
+            if state.first_report(key, uid, child["metadata"]["name"]):  # retried on every pass; reported once
                 await state.kube.post_event(job, "Warning", "NameTaken", str(result))
                 metrics.JOB_EVENTS.labels("NameTaken").inc()
+        elif isinstance(result, RefusedCreateError):
+            refused.append(str(result))
         elif isinstance(result, RejectedObjectError):
             role = child["metadata"].get("labels", {}).get(LABEL_ROLE)
             where = f"spec.replicaSpecs.{role}" if role else "spec"
             raise InvalidSpecError(f"{where}: the API server rejected {result}") from result
         elif isinstance(result, BaseException):
             raise result
+    if refused:
+        await report_refused_creates(state, job, refused)
+    return taken
+
+
+async def report_refused_creates(state: OperatorState, job: Obj, refused: list[str]) -> None:
+    """A FailedCreate Warning quoting the API server (once per distinct cause and job), then a failed pass."""
+    cause = f"{len(refused)} object(s) refused, e.g. {refused[0]}"
+    key = (job["metadata"]["namespace"], job["metadata"]["name"])
+    if state.first_report(key, job["metadata"]["uid"], refused[0].split(": ", 1)[-1]):
+        await state.kube.post_event(job, "Warning", "FailedCreate", cause)
+        metrics.JOB_EVENTS.labels("FailedCreate").inc()
+    raise RefusedCreateError(cause)
 
 
 async def apply_plan(
@@ -306,7 +391,8 @@ async def apply_plan(
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
     patch = status_patch(stored, plan.status)
     if patch is not None:
-        await state.kube.patch_job_status(namespace, name, patch)
+        version = await state.kube.patch_job_status(namespace, name, patch, meta["resourceVersion"])
+        meta["resourceVersion"] = version or meta["resourceVersion"]  # a later patch in this pass builds on it
         stored = plan.status.model_dump(by_alias=True, mode="json")
     for event in plan.events:
         await state.kube.post_event(job, event.type, event.reason, event.message)
@@ -323,13 +409,27 @@ async def apply_plan(
         job_wide = [build_service(name, namespace, uid, spec)]
         if isolation:
             job_wide.append(build_network_policy(name, namespace, uid, spec))
-        await create_children(state, job, [*job_wide, *task_services, *pods])
+        taken = await create_children(state, job, [*job_wide, *task_services])
+        if taken:  # a stranger's Service would receive the job's TensorFlow traffic (TF_CONFIG names it): wait
+            raise RefusedCreateError(f"{', '.join(sorted(taken))}: taken by another owner; no pods until it is gone")
+        await create_children(state, job, pods)
     if plan.delete_job:
         await state.kube.delete_job(namespace, name)
     return stored
 
 
 # ---------------------------------------------------------------- entry point
+
+
+@contextlib.contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM and SIGINT set `stop` (before Kopf runs and installs its own handlers)."""
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def run_operator(
@@ -339,16 +439,39 @@ def run_operator(
     standalone: bool = True,
     policy: TemplatePolicy = DEFAULT_POLICY,
     network_policy: bool = True,
-) -> None:
+    verbose: bool = False,
+    leader_namespace: str | None = None,
+) -> int:
     """Runs the operator until stopped: cluster-wide when `namespaces` is None, else in those namespaces;
     Prometheus metrics on `metrics_port` unless it is None; job templates checked under `policy`; a NetworkPolicy
-    per job by default when `network_policy`."""
+    per job by default when `network_policy`; with `leader_namespace`, only while holding the Lease there.
+    Returns the exit code: 1 when leadership was lost."""
+    # timestamped lines from Kopf and from us; tracebacks of failed passes only with `verbose`
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL)
+    stop, lost = threading.Event(), threading.Event()
+    elector = LeaderElector(make_api_client(), leader_namespace) if leader_namespace else None
+    if elector is not None:
+        with standby_liveness(liveness), stop_on_signals(stop):
+            if not elector.wait_until_leader(stop):
+                return 0  # stopped (SIGTERM) while waiting for the Lease
+
+        def on_lost() -> None:  # stop as on SIGTERM: Kopf finishes its handlers and returns
+            lost.set()
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=elector.keep_renewing, args=(stop, on_lost), name="lease", daemon=True).start()
     if metrics_port is not None:
         metrics.serve_metrics(metrics_port)
-    kopf.run(
-        clusterwide=namespaces is None,
-        namespaces=namespaces or (),
-        liveness_endpoint=liveness,
-        standalone=standalone,
-        memo=kopf.Memo(policy=policy, network_policy=network_policy),
-    )
+    try:
+        kopf.run(
+            clusterwide=namespaces is None,
+            namespaces=namespaces or (),
+            liveness_endpoint=liveness,
+            standalone=standalone,
+            memo=kopf.Memo(policy=policy, network_policy=network_policy),
+        )
+    finally:
+        stop.set()
+        if elector is not None and not lost.is_set():
+            elector.release()
+    return 1 if lost.is_set() else 0

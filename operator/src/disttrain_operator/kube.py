@@ -37,6 +37,14 @@ class RejectedObjectError(ValueError):
     against the namespace's Pod Security level (403)."""
 
 
+class StaleReadError(RuntimeError):
+    """The job changed after the pass read it (409 Conflict): the pass must read and decide again."""
+
+
+class RefusedCreateError(RuntimeError):
+    """The API server refused a create for now (403 quota or policy, 429): retried later, reported as FailedCreate."""
+
+
 def error_message(error: ApiException) -> str:
     """The API server's own message (a Status object's `message`), else the raw body."""
     try:
@@ -77,7 +85,7 @@ class Kube:
         """Creates a Pod, Service or NetworkPolicy; True if created, False if ours already (or its namespace is going).
 
         Raises ForeignObjectError when the name is taken by another owner's object, RejectedObjectError
-        when the API server finds the object invalid.
+        when the API server finds the object invalid, RefusedCreateError when it refuses it for now.
         """
         kind, namespace, name = obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"]
         create, read = {
@@ -96,6 +104,8 @@ class Kube:
                 raise RejectedObjectError(f"{kind} {name}: {error_message(error)}") from None
             if error.status == 403 and "being terminated" in str(error.body):
                 return False  # the namespace, and the job with it, is going away
+            if error.status in (403, 429):
+                raise RefusedCreateError(f"{kind} {name}: {error_message(error)}") from None
             if error.status != 409:
                 raise
         existing = self._as_dict(await self._call(read, name, namespace))
@@ -125,21 +135,23 @@ class Kube:
                 return None
             raise
 
-    async def patch_job_status(self, namespace: str, name: str, status: Obj) -> None:
-        """Merge-patches the job's /status subresource (null values remove fields); a vanished job is fine."""
+    async def patch_job_status(self, namespace: str, name: str, status: Obj, resource_version: str) -> str | None:
+        """Merge-patches the job's /status subresource (null values remove fields), only if the job is still at
+        `resource_version` (what the pass read): a decision made on an older read never overwrites a newer one
+        (another operator's, say). Returns the new resourceVersion; None when the job is gone; raises
+        StaleReadError when the job changed since it was read."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
         try:
-            await self._call(
-                self.custom.patch_namespaced_custom_object_status,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                name,
-                {"status": status},
+            patched = await self._call(
+                self.custom.patch_namespaced_custom_object_status, GROUP, VERSION, namespace, PLURAL, name, body
             )
         except ApiException as error:
+            if error.status == 409:
+                raise StaleReadError(f"{namespace}/{name} changed since it was read; planning again") from None
             if error.status != 404:
                 raise
+            return None
+        return str(patched["metadata"]["resourceVersion"])
 
     async def delete_job(self, namespace: str, name: str) -> None:
         """Deletes the job; its children follow by garbage collection (owner references)."""

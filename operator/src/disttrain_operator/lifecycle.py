@@ -50,7 +50,8 @@ class ReplicaObservation:
     reason: str | None = None
     deleting: bool = False
     message: str | None = None
-    """The trainer container's termination message: final metrics (JSON) on success, the log tail on error."""
+    """The trainer container's termination message: final metrics (JSON) on success, its one-line error on
+    failure (the kubelet's log tail when the program wrote nothing)."""
 
     @property
     def name(self) -> str:
@@ -113,7 +114,7 @@ def is_retryable(policy: str, observation: ReplicaObservation) -> bool:
 
 def describe_failure(observation: ReplicaObservation, with_last_line: bool = False) -> str:
     """`worker-1 exited with code 137 (OOMKilled)` and the like; `with_last_line` adds the last line of its
-    termination message (the log tail, under FallbackToLogsOnError), which usually says why."""
+    termination message (the trainer's own error line, else the log tail), which usually says why."""
     if observation.exit_code is not None:
         text = f"{observation.name} exited with code {observation.exit_code}"
     else:
@@ -253,15 +254,19 @@ def _after_finish(b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObs
             if running:
                 _requeue(b, (grace_ends - b.now).total_seconds())
     b.plan.delete = targets
-    ttl = spec.run_policy.ttl_seconds_after_finished
+    _expire(b, spec.run_policy.ttl_seconds_after_finished)
+    b.status.state = _state(b.status)
+    return b.plan
+
+
+def _expire(b: _Builder, ttl: int | None) -> None:
+    """ttlSecondsAfterFinished: delete the finished job once it has passed, else look again then."""
     if ttl is not None and b.status.completion_time:
         expiry = parse_time(b.status.completion_time) + timedelta(seconds=ttl)
         if b.now >= expiry:
             b.plan.delete_job = True
         else:
             _requeue(b, (expiry - b.now).total_seconds())
-    b.status.state = _state(b.status)
-    return b.plan
 
 
 def _retire(b: _Builder, o: ReplicaObservation, recreation: bool) -> bool:
@@ -424,17 +429,22 @@ def _decide(
 
 
 def fail_invalid_spec(
-    previous: DistTrainJobStatus, message: str, now: datetime, observed: list[ReplicaObservation] | None = None
+    previous: DistTrainJobStatus,
+    message: str,
+    now: datetime,
+    observed: list[ReplicaObservation] | None = None,
+    ttl: int | None = None,
 ) -> Plan:
-    """The plan for a job whose spec cannot run: Failed/InvalidSpec, nothing created, never retried.
+    """The plan for a job whose spec cannot run: Failed/InvalidSpec, nothing created, never retried; deleted
+    `ttl` seconds after it failed when the spec's ttlSecondsAfterFinished could be read.
 
     Pods left from before the spec turned invalid are cleaned up by the default policy (Running): an
     invalid spec's own cleanPodPolicy cannot be trusted.
     """
     b = _Builder(previous, now)
-    if previous.finished:
-        return b.plan  # a finished job keeps its outcome and its pods
-    b.finish(False, "InvalidSpec", message)
-    b.plan.delete = cleanup_targets("Running", observed or [])
-    b.status.state = _state(b.status)
+    if not previous.finished:  # a finished job keeps its outcome and its pods
+        b.finish(False, "InvalidSpec", message)
+        b.plan.delete = cleanup_targets("Running", observed or [])
+        b.status.state = _state(b.status)
+    _expire(b, ttl)
     return b.plan

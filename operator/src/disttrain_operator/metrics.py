@@ -11,11 +11,12 @@ from typing import get_args
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 from .api import InvalidSpecError, JobState
+from .kube import StaleReadError
 
 JOB_STATES: tuple[JobState, ...] = get_args(JobState)
 
 RECONCILES = Counter(
-    "disttrain_reconciles", "Reconcile passes, by outcome (ok, invalid_spec, error).", ["outcome"]
+    "disttrain_reconciles", "Reconcile passes, by outcome (ok, invalid_spec, conflict, error).", ["outcome"]
 )
 RECONCILE_SECONDS = Histogram(
     "disttrain_reconcile_duration_seconds",
@@ -38,7 +39,7 @@ _states: dict[tuple[str, str], JobState] = {}
 
 @contextmanager
 def reconcile_timer() -> Iterator[None]:
-    """Times one reconcile pass and counts its outcome; an InvalidSpecError counts as invalid_spec."""
+    """Times one reconcile pass and counts its outcome: ok, invalid_spec, conflict (StaleReadError) or error."""
     started = time.perf_counter()
     outcome = "error"
     try:
@@ -46,6 +47,9 @@ def reconcile_timer() -> Iterator[None]:
         outcome = "ok"
     except InvalidSpecError:
         outcome = "invalid_spec"
+        raise
+    except StaleReadError:
+        outcome = "conflict"  # another writer was first: the pass runs again on a fresh read, nothing failed
         raise
     finally:
         RECONCILE_SECONDS.observe(time.perf_counter() - started)

@@ -26,7 +26,8 @@ ALLOWED_CAPABILITY = "NET_BIND_SERVICE"  # the one capability the "restricted" P
 OPT_IN = "the operator's opt-in (chart value templatePolicy.allowHostAccess) allows it"
 CONTAINER_LISTS = ("initContainers", "containers")
 TRAINER_CONTAINER = "tensorflow"  # the container that runs TensorFlow, found by this name
-OPERATOR_ENV = ("TF_CONFIG", "DISTTRAIN_OUTPUT_DIR")  # set by the operator in the trainer container, by no one else
+# set by the operator in the trainer container, by no one else
+OPERATOR_ENV = ("TF_CONFIG", "DISTTRAIN_OUTPUT_DIR", "DISTTRAIN_REDACT_ENV")
 
 
 @dataclass(frozen=True)

@@ -97,6 +97,10 @@ def parse_tf_config(raw: str | None) -> ClusterConfig | None:
         raise ConfigError("TF_CONFIG may list at most one evaluator")
     task_type = task.get("type")
     task_index = task.get("index", 0)
+    if task_type == "evaluator" and "evaluator" not in parsed and task_index == 0:
+        # TensorFlow's side-car evaluator is no member of the cluster it watches: the operator (as TensorFlow's
+        # own launchers) names it only in `task`
+        return ClusterConfig(parsed, task_type, task_index, environment=str(data.get("environment", "cloud")))
     if task_type not in parsed:
         raise ConfigError(f"TF_CONFIG task type {task_type!r} is not a job of the cluster {sorted(parsed)}")
     if not isinstance(task_index, int) or not 0 <= task_index < len(parsed[task_type]):

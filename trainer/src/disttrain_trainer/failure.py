@@ -26,6 +26,39 @@ MIN_SECRET_LENGTH = 4
 MAX_MESSAGE_CHARS = 500
 
 
+# `*` in DISTTRAIN_REDACT_ENV: a whole Secret came in through envFrom, its keys unknown to the operator, so every
+# variable is hidden but these, which the image, the kubelet or the operator set and which hold no secret.
+EVERY_VARIABLE = "*"
+NOT_SECRET_PREFIXES = (
+    "DISTTRAIN_",
+    "TF_",
+    "KUBERNETES_",
+    "PYTHON",
+    "LC_",
+    "LANG",
+    "PATH",
+    "HOME",
+    "HOSTNAME",
+    "PWD",
+    "SHLVL",
+    "TERM",
+    "USER",
+    "VIRTUAL_ENV",
+    "MNIST_DIR",
+    "CUDA",
+    "NVIDIA_",
+    "LD_LIBRARY_PATH",
+)
+
+
+def redacted_names(env: dict[str, str] | os._Environ[str]) -> list[str]:
+    """The variables DISTTRAIN_REDACT_ENV names; with `*`, every variable but the known non-secret ones."""
+    names = [n.strip() for n in env.get(REDACT_ENV, "").split(",") if n.strip()]
+    if EVERY_VARIABLE in names:
+        names += [n for n in env if not n.startswith(NOT_SECRET_PREFIXES)]
+    return [n for n in names if n != EVERY_VARIABLE]
+
+
 def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     """The strings to hide: each value of a variable named in DISTTRAIN_REDACT_ENV (absent, empty and
     shorter than MIN_SECRET_LENGTH ones ignored), also as it appears whitespace-collapsed, quoted by repr or
@@ -33,8 +66,8 @@ def secret_values(environ: dict[str, str] | None = None) -> list[str]:
     another is hidden whole."""
     env = os.environ if environ is None else environ
     found: set[str] = set()
-    for name in (n.strip() for n in env.get(REDACT_ENV, "").split(",")):
-        value = env.get(name, "") if name else ""
+    for name in redacted_names(env):
+        value = env.get(name, "")
         if len(value) < MIN_SECRET_LENGTH:
             continue
         forms = {value, " ".join(value.split()), repr(value)[1:-1], json.dumps(value)[1:-1]}

@@ -21,6 +21,7 @@ from collections.abc import Callable
 import tensorflow as tf
 
 from .cluster import ClusterConfig, address_accepts
+from .failure import redact, write_failure_message
 
 log = logging.getLogger(__name__)
 
@@ -102,11 +103,10 @@ def serve(config: ClusterConfig, threads: int, grace: float, never_seen_timeout:
     while not token.wait(1.0):
         state = watcher.status()
         if state == "gone":
-            message = f"the chief at {chief} has been unreachable for {grace:.0f}s without ending the run"
-            print(f"disttrain-trainer: error: {message}", file=sys.stderr, flush=True)
+            report_failure(f"the chief at {chief} has been unreachable for {grace:.0f}s without ending the run")
             return CHIEF_GONE_EXIT_CODE
         if state == "never-started":
-            print(f"disttrain-trainer: error: chief {chief} never came up", file=sys.stderr, flush=True)
+            report_failure(f"chief {chief} never came up")
             return 1
     time.sleep(TOKEN_EXIT_DELAY)
     print(f"{config.task_type}:{config.task_index} done", flush=True)
@@ -145,6 +145,14 @@ def _send_token(config: ClusterConfig, job: str, index: int) -> None:
                 session.run(enqueue)
     except Exception as exc:
         log.warning("could not send shutdown token to %s %d: %s", job, index, exc)
+
+
+def report_failure(message: str) -> None:
+    """A server's end that is not a success, as the trainer reports any failure: one line on stderr and in the
+    termination message (docs/contract.md), secrets masked."""
+    line = redact(f"disttrain-trainer: error: {message}")
+    print(line, file=sys.stderr, flush=True)
+    write_failure_message(line)
 
 
 def exit_now(code: int) -> None:
