@@ -27,8 +27,9 @@ from kopf.testing import KopfRunner
 from kubernetes import client
 
 from disttrain_operator.api import GROUP, PLURAL, VERSION
-from disttrain_operator.builders import ANNOTATION_TF_CONFIG, LABEL_INDEX, LABEL_JOB
+from disttrain_operator.builders import ANNOTATION_TF_CONFIG
 from disttrain_operator.kube import Kube, StaleReadError
+from disttrain_operator.names import LABEL_INDEX, LABEL_JOB
 
 pytestmark = pytest.mark.cluster
 

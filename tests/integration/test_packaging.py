@@ -33,8 +33,8 @@ from controlplane import ANNOTATION_COMPLETE, wait_for
 from kubernetes import client
 
 from disttrain_operator.api import GROUP, PLURAL, VERSION
-from disttrain_operator.builders import LABEL_JOB
 from disttrain_operator.crd import admission_policy
+from disttrain_operator.names import LABEL_JOB
 
 pytestmark = pytest.mark.cluster
 

@@ -11,17 +11,15 @@ from disttrain_operator.api import DistTrainJobSpec, ReplicaType, parse_spec
 from disttrain_operator.builders import (
     ANNOTATION_TF_CONFIG,
     GPU_TOLERATION,
-    LABEL_INDEX,
-    LABEL_JOB,
-    LABEL_ROLE,
     REDACT_ENV,
     build_network_policy,
     build_pod,
     build_service,
     build_task_service,
     deep_merge,
-    observe_pod,
 )
+from disttrain_operator.names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE
+from disttrain_operator.observe import observe_pod
 from disttrain_operator.policy import TemplatePolicy
 
 JOB, NS, UID = "mnist", "team-a", "3f1c0d5e-0000-4000-8000-000000000001"

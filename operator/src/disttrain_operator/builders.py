@@ -1,4 +1,4 @@
-"""Service and Pod objects for a validated job, and what a pod tells us back (pure functions).
+"""Service, NetworkPolicy and Pod objects for a validated job (pure functions; observe.py reads pods back).
 
 The user's `template` is deep-merged *under* the operator's settings: names, labels the operator
 selects on, the owner reference, hostname/subdomain, TF_CONFIG, the TensorFlow port and the restart
@@ -11,16 +11,12 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from .api import API_VERSION, KIND, TRAINER_CONTAINER, DistTrainJobSpec, ReplicaSpec, ReplicaType
-from .lifecycle import ReplicaObservation
+from .api import DistTrainJobSpec, ReplicaSpec, ReplicaType
+from .names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE, job_labels, owner_reference, replica_labels
+from .policy import TRAINER_CONTAINER
 from .tfconfig import cluster_spec, pod_name, service_address_of, tf_config_json
 
-LABEL_JOB = "disttrain.io/job-name"
-LABEL_ROLE = "disttrain.io/replica-type"
-LABEL_INDEX = "disttrain.io/replica-index"
 ANNOTATION_TF_CONFIG = "disttrain.io/tf-config"
-MANAGED_BY = "disttrain-operator"
-
 PORT_NAME = "tf-port"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -34,42 +30,7 @@ MAX_PORT = 65535
 
 # restartPolicy of the pod for each replica restartPolicy: ExitCode restarts by recreating the pod.
 POD_RESTART_POLICY = {"Never": "Never", "ExitCode": "Never", "OnFailure": "OnFailure", "Always": "Always"}
-# Container termination reasons that say nothing beyond the exit code.
-UNINFORMATIVE_REASONS = {"Error", "Completed"}
-
 Obj = dict[str, Any]
-
-
-def job_labels(job_name: str) -> dict[str, str]:
-    """Labels on every child of a job; the Service selects pods by the first."""
-    return {
-        LABEL_JOB: job_name,
-        "app.kubernetes.io/name": "disttrain",
-        "app.kubernetes.io/instance": job_name,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
-    }
-
-
-def replica_labels(job_name: str, role: ReplicaType, index: int) -> dict[str, str]:
-    """Labels of one replica's pod: the job's plus role and index."""
-    return {
-        **job_labels(job_name),
-        LABEL_ROLE: role.value,
-        LABEL_INDEX: str(index),
-        "app.kubernetes.io/component": role.value,
-    }
-
-
-def owner_reference(job_name: str, uid: str) -> Obj:
-    """The controller ownerReference that makes a child garbage-collected with its job."""
-    return {
-        "apiVersion": API_VERSION,
-        "kind": KIND,
-        "name": job_name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
 
 
 def _metadata(name: str, namespace: str, labels: dict[str, str], job_name: str, uid: str) -> Obj:
@@ -256,53 +217,3 @@ def build_pod(job_name: str, namespace: str, uid: str, spec: DistTrainJobSpec, r
         pod_spec["volumes"] = merge_named(pod_spec.get("volumes", []), [volume])
     _secure_defaults(pod_spec)
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec}
-
-
-# ---------------------------------------------------------------- observing pods
-
-
-def pod_replica(pod: Obj) -> tuple[ReplicaType, int] | None:
-    """The (role, index) a pod's labels name, or None for a pod that is not a valid replica."""
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    try:
-        return ReplicaType(labels[LABEL_ROLE]), int(labels[LABEL_INDEX])
-    except (KeyError, ValueError):
-        return None
-
-
-def controller_uid(obj: Obj) -> str | None:
-    """The UID of the object's controlling owner, if any."""
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return next((ref.get("uid") for ref in refs if ref.get("controller")), None)
-
-
-def _trainer_status(pod: Obj) -> Obj:
-    statuses = (pod.get("status") or {}).get("containerStatuses") or []
-    return next((s for s in statuses if s.get("name") == TRAINER_CONTAINER), {})
-
-
-def observe_pod(pod: Obj) -> ReplicaObservation:
-    """What lifecycle needs of a replica's pod: phase, readiness, exit code, restarts, reason, deletion, and
-    the trainer's termination message."""
-    replica = pod_replica(pod)
-    if replica is None:
-        raise ValueError(f"pod {pod.get('metadata', {}).get('name')!r} lacks valid {LABEL_ROLE}/{LABEL_INDEX} labels")
-    metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
-    phase = status.get("phase") or "Pending"
-    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
-    trainer = _trainer_status(pod)
-    terminated = (trainer.get("state") or {}).get("terminated") or (trainer.get("lastState") or {}).get("terminated")
-    terminated = terminated or {}
-    reason = status.get("reason") or terminated.get("reason")
-    return ReplicaObservation(
-        role=replica[0],
-        index=replica[1],
-        phase=phase if phase in ("Pending", "Running", "Succeeded", "Failed") else "Unknown",
-        uid=metadata.get("uid", ""),
-        ready=ready,
-        exit_code=terminated.get("exitCode"),
-        restarts=int(trainer.get("restartCount") or 0),
-        reason=None if reason in UNINFORMATIVE_REASONS else reason,
-        deleting=metadata.get("deletionTimestamp") is not None,
-        message=terminated.get("message") or None,
-    )

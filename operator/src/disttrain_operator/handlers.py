@@ -38,17 +38,7 @@ from .api import (
     parse_spec,
     readable_ttl,
 )
-from .builders import (
-    LABEL_JOB,
-    LABEL_ROLE,
-    build_network_policy,
-    build_pod,
-    build_service,
-    build_task_service,
-    controller_uid,
-    observe_pod,
-    pod_replica,
-)
+from .builders import build_network_policy, build_pod, build_service, build_task_service
 from .kube import (
     ForeignObjectError,
     Kube,
@@ -60,6 +50,8 @@ from .kube import (
 )
 from .leader import LeaderElector, standby_liveness
 from .lifecycle import Plan, ReplicaObservation, fail_invalid_spec, reconcile
+from .names import LABEL_JOB, LABEL_ROLE, controller_uid, pod_replica
+from .observe import observe_pod
 from .policy import DEFAULT_POLICY, TemplatePolicy
 from .tfconfig import TRAINING_ROLES, pod_name
 

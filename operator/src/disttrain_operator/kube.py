@@ -19,7 +19,7 @@ import kubernetes
 from kubernetes.client import ApiClient, ApiException, Configuration, CoreV1Api, CustomObjectsApi, NetworkingV1Api
 
 from .api import GROUP, PLURAL, VERSION
-from .builders import controller_uid
+from .names import controller_uid
 
 Obj = dict[str, Any]
 logger = logging.getLogger(__name__)

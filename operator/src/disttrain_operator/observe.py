@@ -1,0 +1,46 @@
+"""What a replica's pod tells the operator back: the observation `lifecycle` decides on (pure functions)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .lifecycle import ReplicaObservation
+from .names import LABEL_INDEX, LABEL_ROLE, pod_replica
+from .policy import TRAINER_CONTAINER
+
+# Container termination reasons that say nothing beyond the exit code.
+UNINFORMATIVE_REASONS = {"Error", "Completed"}
+
+Obj = dict[str, Any]
+
+
+def _trainer_status(pod: Obj) -> Obj:
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    return next((s for s in statuses if s.get("name") == TRAINER_CONTAINER), {})
+
+
+def observe_pod(pod: Obj) -> ReplicaObservation:
+    """What lifecycle needs of a replica's pod: phase, readiness, exit code, restarts, reason, deletion, and
+    the trainer's termination message."""
+    replica = pod_replica(pod)
+    if replica is None:
+        raise ValueError(f"pod {pod.get('metadata', {}).get('name')!r} lacks valid {LABEL_ROLE}/{LABEL_INDEX} labels")
+    metadata, status = pod.get("metadata") or {}, pod.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+    trainer = _trainer_status(pod)
+    terminated = (trainer.get("state") or {}).get("terminated") or (trainer.get("lastState") or {}).get("terminated")
+    terminated = terminated or {}
+    reason = status.get("reason") or terminated.get("reason")
+    return ReplicaObservation(
+        role=replica[0],
+        index=replica[1],
+        phase=phase if phase in ("Pending", "Running", "Succeeded", "Failed") else "Unknown",
+        uid=metadata.get("uid", ""),
+        ready=ready,
+        exit_code=terminated.get("exitCode"),
+        restarts=int(trainer.get("restartCount") or 0),
+        reason=None if reason in UNINFORMATIVE_REASONS else reason,
+        deleting=metadata.get("deletionTimestamp") is not None,
+        message=terminated.get("message") or None,
+    )
