@@ -480,3 +480,21 @@ def test_a_status_decided_on_a_stale_read_never_overwrites_a_newer_one(cluster: 
         asyncio.run(kube.patch_job_status(cluster.ns, "contested", {"conditions": stale["status"]["conditions"]},
                                           stale["metadata"]["resourceVersion"]))
     assert cluster.condition("contested", "Succeeded")["reason"] == "ByAnotherOperator"
+
+
+def test_a_sidecar_that_keeps_running_neither_hides_success_nor_outlives_the_job(cluster: Cluster) -> None:
+    job = "sidecar"
+    template = {"spec": {"containers": [{"name": "logger", "image": "busybox"}, {"name": "tensorflow"}]}}
+    cluster.create_job(job, {"worker": {"replicas": 1, "restartPolicy": "Never", "template": template}})
+    (pod,) = cluster.wait_pods(job, names(job, worker=1), phase="Running").values()
+    # what the kubelet reports when the trainer exits 0 and the log shipper keeps going: the pod stays Running
+    now = "2026-12-02T00:00:00Z"
+    pod["status"]["containerStatuses"] = [
+        {"name": "logger", "image": "busybox", "imageID": "", "ready": True, "restartCount": 0,
+         "state": {"running": {"startedAt": now}}},
+        {"name": "tensorflow", "image": IMAGE, "imageID": "", "ready": False, "restartCount": 0,
+         "state": {"terminated": {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}}},
+    ]
+    cluster.core.patch_namespaced_pod_status(f"{job}-worker-0", cluster.ns, {"status": pod["status"]})
+    cluster.wait_condition(job, "Succeeded")  # before: the Running phase hid the end and the job never finished
+    cluster.wait_pods(job, set())  # and the pod, still running its sidecar, is stopped

@@ -357,6 +357,32 @@ def test_observe_reads_the_trainer_container_not_a_sidecar() -> None:
     assert (seen.exit_code, seen.restarts) == (143, 1)
 
 
+@pytest.mark.parametrize(
+    ("policy", "code", "phase"),
+    [
+        ("Never", 0, "Succeeded"),
+        ("Never", 3, "Failed"),
+        ("OnFailure", 0, "Succeeded"),
+        ("OnFailure", 3, "Running"),
+        ("Always", 0, "Running"),
+    ],  # OnFailure/Always: the kubelet starts the trainer again, the pod is still on
+)
+def test_a_running_sidecar_does_not_hide_the_trainers_end(policy: str, code: int, phase: str) -> None:
+    pod = pod_with_status(
+        {
+            "phase": "Running",  # a plain sidecar keeps the pod Running after the trainer ended
+            "containerStatuses": [
+                {"name": "logger", "state": {"running": {}}},
+                trainer_status({"terminated": {"exitCode": code}}),
+            ],
+        }
+    )
+    pod["spec"]["restartPolicy"] = policy
+    seen = observe_pod(pod)
+    assert seen.phase == phase and seen.sidecars_running == (phase != "Running")
+    assert not seen.active or phase == "Running"
+
+
 def test_observe_deleting_and_unknown_phase() -> None:
     seen = observe_pod(pod_with_status({"phase": "Unknown"}, deletionTimestamp="2026-01-01T00:00:00Z"))
     assert seen.deleting and seen.phase == "Unknown" and not seen.active
@@ -394,8 +420,14 @@ def test_secret_values_never_reach_the_termination_message() -> None:
     trainer = container(pod_for(spec))
     assert trainer["terminationMessagePolicy"] == "File"  # the kubelet copies no log tail that could print it
     assert env_of(pod_for(spec))[REDACT_ENV] == "TOKEN"  # the trainer masks its value in its own message
-    whole = make_spec(worker={"replicas": 1, "template": {"spec": {"containers": [
-        {"name": "tensorflow", "envFrom": [{"secretRef": {"name": "creds"}}]}]}}})
+    whole = make_spec(
+        worker={
+            "replicas": 1,
+            "template": {
+                "spec": {"containers": [{"name": "tensorflow", "envFrom": [{"secretRef": {"name": "creds"}}]}]}
+            },
+        }
+    )
     assert container(pod_for(whole))["terminationMessagePolicy"] == "File"
     assert env_of(pod_for(whole))[REDACT_ENV] == "*"  # its keys are unknown here: the trainer hides every value
     plain = container(pod_for(make_spec(worker={"replicas": 1, "env": [{"name": "A", "value": "1"}]})))

@@ -431,3 +431,11 @@ def test_readable_ttl_reads_only_a_sound_value() -> None:
     for spec in (None, [], {"runPolicy": "x"}, {"runPolicy": {"ttlSecondsAfterFinished": -1}},
                  {"runPolicy": {"ttlSecondsAfterFinished": True}}, {"runPolicy": {"ttlSecondsAfterFinished": "5"}}):
         assert readable_ttl(spec) is None, spec
+
+
+def test_pods_kept_running_by_sidecars_are_cleaned_up_when_the_job_ends() -> None:
+    spec = spec_from({"worker": {"replicas": 2}})  # worker 0 decides; cleanPodPolicy Running keeps finished pods
+    done = pod(WORKER, 0, "Succeeded", exit_code=0, sidecars_running=True, ready=False)
+    plan = step(spec, [done, pod(WORKER, 1, "Succeeded", exit_code=0)])
+    assert plan.status.is_true("Succeeded")
+    assert plan.delete == [(WORKER, 0)]  # its sidecar would run forever; the pod that ended stays, as the policy says

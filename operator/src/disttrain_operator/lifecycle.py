@@ -52,6 +52,8 @@ class ReplicaObservation:
     message: str | None = None
     """The trainer container's termination message: final metrics (JSON) on success, its one-line error on
     failure (the kubelet's log tail when the program wrote nothing)."""
+    sidecars_running: bool = False
+    """The trainer has ended for good (`phase` says how) but other containers keep the pod running."""
 
     @property
     def name(self) -> str:
@@ -225,7 +227,7 @@ def cleanup_targets(policy: str, observed: list[ReplicaObservation]) -> list[tup
     return [
         (o.role, o.index)
         for o in observed
-        if not o.deleting and not (keep_finished and o.phase in ("Succeeded", "Failed"))
+        if not o.deleting and not (keep_finished and o.phase in ("Succeeded", "Failed") and not o.sidecars_running)
     ]
 
 
@@ -245,7 +247,11 @@ def _requeue(b: _Builder, seconds: float) -> None:
 def _after_finish(b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]) -> Plan:
     targets = cleanup_targets(spec.run_policy.clean_pod_policy, observed)
     if b.status.is_true("Failed"):  # nothing ends a failed job's pods by themselves, whatever the policy keeps
-        targets += [(o.role, o.index) for o in observed if o.active and (o.role, o.index) not in targets]
+        targets += [
+            (o.role, o.index)
+            for o in observed
+            if (o.active or (o.sidecars_running and not o.deleting)) and (o.role, o.index) not in targets
+        ]
     if b.status.is_true("Succeeded") and b.status.completion_time:
         grace_ends = parse_time(b.status.completion_time) + timedelta(seconds=SELF_EXIT_GRACE_SECONDS)
         if b.now < grace_ends:

@@ -19,6 +19,20 @@ def _trainer_status(pod: Obj) -> Obj:
     return next((s for s in statuses if s.get("name") == TRAINER_CONTAINER), {})
 
 
+def trainer_outcome(pod: Obj, trainer: Obj) -> str | None:
+    """Succeeded or Failed when the trainer container has ended for good while the pod still runs (a plain
+    sidecar keeps the pod Running), else None. For good: the kubelet will not restart it under the pod's
+    restartPolicy (Never; OnFailure after exit 0). Native sidecars (init containers with restartPolicy Always)
+    need none of this: the kubelet ends them and the pod's phase says it."""
+    ended = (trainer.get("state") or {}).get("terminated")
+    if not ended or "exitCode" not in ended:
+        return None
+    code, policy = ended["exitCode"], (pod.get("spec") or {}).get("restartPolicy", "Always")
+    if policy == "Never" or (policy == "OnFailure" and code == 0):
+        return "Succeeded" if code == 0 else "Failed"
+    return None
+
+
 def observe_pod(pod: Obj) -> ReplicaObservation:
     """What lifecycle needs of a replica's pod: phase, readiness, exit code, restarts, reason, deletion, and
     the trainer's termination message."""
@@ -32,10 +46,12 @@ def observe_pod(pod: Obj) -> ReplicaObservation:
     terminated = (trainer.get("state") or {}).get("terminated") or (trainer.get("lastState") or {}).get("terminated")
     terminated = terminated or {}
     reason = status.get("reason") or terminated.get("reason")
+    ended = trainer_outcome(pod, trainer) if phase == "Running" else None
     return ReplicaObservation(
         role=replica[0],
         index=replica[1],
-        phase=phase if phase in ("Pending", "Running", "Succeeded", "Failed") else "Unknown",
+        phase=ended or (phase if phase in ("Pending", "Running", "Succeeded", "Failed") else "Unknown"),
+        sidecars_running=ended is not None,
         uid=metadata.get("uid", ""),
         ready=ready,
         exit_code=terminated.get("exitCode"),
