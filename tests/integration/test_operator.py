@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
@@ -498,3 +499,32 @@ def test_a_sidecar_that_keeps_running_neither_hides_success_nor_outlives_the_job
     cluster.core.patch_namespaced_pod_status(f"{job}-worker-0", cluster.ns, {"status": pod["status"]})
     cluster.wait_condition(job, "Succeeded")  # before: the Running phase hid the end and the job never finished
     cluster.wait_pods(job, set())  # and the pod, still running its sidecar, is stopped
+
+
+def test_a_full_quota_costs_one_post_per_backoff_and_the_job_says_why_it_waits(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    posts: list[str] = []
+    create = Kube.create_or_adopt
+
+    async def counted(self: Kube, obj: Obj, owner_uid: str) -> bool:
+        if obj["kind"] == "Pod":
+            posts.append(obj["metadata"]["name"])
+        return await create(self, obj, owner_uid)
+
+    monkeypatch.setattr(Kube, "create_or_adopt", counted)  # the operator runs in this process
+    quota = {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "3"}}}
+    cluster.core.create_namespaced_resource_quota(cluster.ns, quota)
+    wait_for(lambda: cluster.core.read_namespaced_resource_quota("pods", cluster.ns).status.hard, timeout=TIMEOUT,
+             what="the quota in force")
+    job = "queued"
+    cluster.create_job(job, {"worker": {"replicas": 10}})
+    event = cluster.wait_event(job, "FailedCreate", "exceeded quota")
+    assert "creating again in" in event[2]
+    window_start, before = time.monotonic(), len(posts)
+    wait_for(lambda: time.monotonic() - window_start > 20, timeout=30, what="a 20 s window", interval=1)
+    # before: every pass (every 5 s, and on every pod event) POSTed all 7 missing pods again
+    assert len(posts) - before <= 5, posts[before:]
+    assert len(cluster.events(job)) < 6  # one FailedCreate, not one per pass
+    cluster.core.patch_namespaced_resource_quota("pods", cluster.ns, {"spec": {"hard": {"pods": "10"}}})
+    cluster.wait_pods(job, names(job, worker=10), timeout=120)  # the backoff ends, the pods come

@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import re
 import signal
 import threading
 from collections.abc import Iterable, Iterator
@@ -38,6 +39,7 @@ from .api import (
     parse_spec,
     readable_ttl,
 )
+from .backoff import CreateGate, slow_start
 from .builders import build_network_policy, build_pod, build_service, build_task_service
 from .kube import (
     ForeignObjectError,
@@ -82,6 +84,7 @@ class OperatorState:
     )  # warnings posted once: names taken, refusals
     policy: TemplatePolicy = DEFAULT_POLICY  # what job templates may do (the chart's templatePolicy values)
     network_policy: bool = True  # a NetworkPolicy per job unless its spec says otherwise
+    gates: dict[JobKey, CreateGate] = field(default_factory=dict)  # refused-create backoff and expectations
 
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -91,6 +94,10 @@ class OperatorState:
         self.locks.pop(key, None)
         self.due.pop(key, None)
         self.reported.pop(key, None)
+        self.gates.pop(key, None)
+
+    def gate(self, key: JobKey) -> CreateGate:
+        return self.gates.setdefault(key, CreateGate())
 
     def first_report(self, key: JobKey, uid: str, what: str) -> bool:
         """True the first time `what` is reported for this job (by UID: a new job of the same name starts over)."""
@@ -190,9 +197,11 @@ async def reconcile_or_retry(
         logger.info("%s", error)
         state.due[key] = asyncio.get_running_loop().time()
     except Exception as error:
-        logger.warning("reconciling %s/%s failed: %s; retrying in %ss", *key, failure_cause(error), RETRY_SECONDS)
+        now = asyncio.get_running_loop().time()
+        retry = max(RETRY_SECONDS, state.gate(key).not_before - now)  # refused creations: when the backoff ends
+        logger.warning("reconciling %s/%s failed: %s; retrying in %.0fs", *key, failure_cause(error), retry)
         logger.debug("traceback of the failed pass", exc_info=True)
-        state.due[key] = asyncio.get_running_loop().time() + RETRY_SECONDS
+        state.due[key] = now + retry
 
 
 def failure_cause(error: BaseException) -> str:
@@ -289,7 +298,10 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.In
     try:
         spec = parse_spec(name, job.get("spec") or {}, state.policy)
         previous = DistTrainJobStatus.model_validate(stored)
-        plan = reconcile(spec, observed_pods(job_pods, key, uid), previous, now, job["metadata"].get("generation"))
+        observed = observed_pods(job_pods, key, uid)
+        if key in state.gates:  # pods seen in the watch are no longer awaited
+            state.gates[key].seen({pod_name(name, o.role, o.index) for o in observed})
+        plan = reconcile(spec, observed, previous, now, job["metadata"].get("generation"))
         stored = await apply_plan(state, job, spec, plan, stored, ensure_service)
     except InvalidSpecError as error:
         previous = DistTrainJobStatus.model_validate(stored)
@@ -313,6 +325,9 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.In
     wait = plan.requeue_after
     if not plan.status.finished:
         wait = min(wait if wait is not None else RESYNC_SECONDS, RESYNC_SECONDS)
+        gate = state.gates.get(key)
+        if gate is not None and gate.failures:  # creations backing off: look again when they may be tried
+            wait = min(wait, max(gate.not_before - asyncio.get_running_loop().time(), 0.0))
     _schedule(state, key, None if plan.delete_job else wait)
 
 
@@ -324,10 +339,9 @@ def _schedule(state: OperatorState, key: JobKey, wait: float | None) -> None:
         state.due[key] = asyncio.get_running_loop().time() + max(wait, 0.0)
 
 
-async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -> set[str]:
+async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -> tuple[set[str], list[str]]:
     """Creates (or adopts) children concurrently; returns the names taken by strangers (each reported once as an
-    event). An object the API server refuses for good makes the spec invalid; one it refuses for now, a failed
-    pass."""
+    event) and the API server's refusals for now. An object it refuses for good makes the spec invalid."""
     uid = job["metadata"]["uid"]
     taken: set[str] = set()
     results = await asyncio.gather(*(state.kube.create_or_adopt(c, uid) for c in children), return_exceptions=True)
@@ -349,16 +363,27 @@ async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -
             raise InvalidSpecError(f"{where}: the API server rejected {result}") from result
         elif isinstance(result, BaseException):
             raise result
-    if refused:
-        await report_refused_creates(state, job, refused)
-    return taken
+    return taken, refused
+
+
+async def create_pods(state: OperatorState, job: Obj, pods: list[Obj]) -> list[str]:
+    """Creates pods in slow-start batches (1, 2, 4, ...) that stop at the first refusal, so a full quota costs
+    one POST per pass, not one per missing pod. Returns the refusals."""
+    for start, end in slow_start(len(pods)):
+        _, refused = await create_children(state, job, pods[start:end])
+        if refused:
+            return refused
+    return []
 
 
 async def report_refused_creates(state: OperatorState, job: Obj, refused: list[str]) -> None:
-    """A FailedCreate Warning quoting the API server (once per distinct cause and job), then a failed pass."""
-    cause = f"{len(refused)} object(s) refused, e.g. {refused[0]}"
+    """Backs the job's creations off, posts a FailedCreate Warning quoting the API server (once per distinct cause
+    and job), and ends the pass as failed (the retry comes when the backoff ends)."""
     key = (job["metadata"]["namespace"], job["metadata"]["name"])
-    if state.first_report(key, job["metadata"]["uid"], refused[0].split(": ", 1)[-1]):
+    delay = state.gate(key).refused(asyncio.get_running_loop().time())
+    cause = f"{refused[0]} (creating again in {delay:.0f}s)"
+    same_cause = re.sub(r'"[^"]*"', '""', refused[0].split(": ", 1)[-1])  # whichever pod it was
+    if state.first_report(key, job["metadata"]["uid"], same_cause):
         await state.kube.post_event(job, "Warning", "FailedCreate", cause)
         metrics.JOB_EVENTS.labels("FailedCreate").inc()
     raise RefusedCreateError(cause)
@@ -397,17 +422,36 @@ async def apply_plan(
         task_services = [
             build_task_service(name, namespace, uid, spec, role, i) for role, i in plan.create if role in TRAINING_ROLES
         ]
-        isolation = spec.network_policy if spec.network_policy is not None else state.network_policy
-        job_wide = [build_service(name, namespace, uid, spec)]
-        if isolation:
-            job_wide.append(build_network_policy(name, namespace, uid, spec))
-        taken = await create_children(state, job, [*job_wide, *task_services])
-        if taken:  # a stranger's Service would receive the job's TensorFlow traffic (TF_CONFIG names it): wait
-            raise RefusedCreateError(f"{', '.join(sorted(taken))}: taken by another owner; no pods until it is gone")
-        await create_children(state, job, pods)
+        await create_job_children(state, job, spec, plan, pods, task_services)
     if plan.delete_job:
         await state.kube.delete_job(namespace, name)
     return stored
+
+
+async def create_job_children(
+    state: OperatorState, job: Obj, spec: DistTrainJobSpec, plan: Plan, pods: list[Obj], task_services: list[Obj]
+) -> None:
+    """The Service, NetworkPolicy and task Services first, then the pods: slow start, no POST of a pod created
+    moments ago (not yet seen), none at all while the job's creations back off after a refusal."""
+    meta = job["metadata"]
+    key, now = (meta["namespace"], meta["name"]), asyncio.get_running_loop().time()
+    gate = state.gate(key)
+    if not gate.open(now):
+        return  # the pass's schedule looks again when the backoff ends
+    isolation = spec.network_policy if spec.network_policy is not None else state.network_policy
+    job_wide = [build_service(meta["name"], meta["namespace"], meta["uid"], spec)]
+    if isolation:
+        job_wide.append(build_network_policy(meta["name"], meta["namespace"], meta["uid"], spec))
+    taken, refused = await create_children(state, job, [*job_wide, *task_services])
+    if taken:  # a stranger's Service would receive the job's TensorFlow traffic (TF_CONFIG names it): wait
+        raise RefusedCreateError(f"{', '.join(sorted(taken))}: taken by another owner; no pods until it is gone")
+    expected = gate.still_expected([p["metadata"]["name"] for p in pods], now)
+    pods = [p for p in pods if p["metadata"]["name"] not in expected]
+    refused = refused or await create_pods(state, job, pods)
+    if refused:
+        await report_refused_creates(state, job, refused)
+    gate.created.update((p["metadata"]["name"], now) for p in pods)
+    gate.succeeded()
 
 
 # ---------------------------------------------------------------- entry point

@@ -1,0 +1,61 @@
+"""When to try creating a job's pods again after the API server refused some (quota, 429, a webhook), and which
+pods not to create again because they were just created (pure; the caller passes the clock).
+
+As Kubernetes' Job controller: pods go out in slow-start batches (1, 2, 4, ...) that stop at the first refusal,
+refused passes back off exponentially with jitter per job, and a pod created moments ago but not yet seen in the
+watch is not POSTed again (an expectation).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+BASE_SECONDS = 5.0
+MAX_SECONDS = 300.0
+JITTER = 0.2  # +-20%: jobs refused together do not come back together
+EXPECTATION_SECONDS = 30.0  # a created pod not seen in the watch by then is created again
+
+
+def slow_start(count: int) -> Iterator[tuple[int, int]]:
+    """(start, end) of batches of 1, 2, 4, ... covering `count` items."""
+    start, size = 0, 1
+    while start < count:
+        yield start, min(start + size, count)
+        start, size = start + size, size * 2
+
+
+@dataclass
+class CreateGate:
+    """One job's refused-create history and its recent creations."""
+
+    failures: int = 0
+    not_before: float = 0.0
+    created: dict[str, float] = field(default_factory=dict)  # pod name -> when it was created
+
+    def open(self, now: float) -> bool:
+        """Whether creating may be tried now."""
+        return now >= self.not_before
+
+    def refused(self, now: float, rng: random.Random | None = None) -> float:
+        """Records a refused pass; returns the delay before the next try."""
+        self.failures += 1
+        delay = min(BASE_SECONDS * 2 ** (self.failures - 1), MAX_SECONDS)
+        delay *= 1 + JITTER * (2 * (rng or random).random() - 1)
+        self.not_before = now + delay
+        return delay
+
+    def succeeded(self) -> None:
+        """A pass that created all it wanted: the next refusal starts the backoff over."""
+        self.failures, self.not_before = 0, 0.0
+
+    def seen(self, names: set[str]) -> None:
+        """Pods now in the watch: their creations are no longer awaited (a later recreation is not held back)."""
+        self.created = {name: at for name, at in self.created.items() if name not in names}
+
+    def still_expected(self, wanted: list[str], now: float) -> set[str]:
+        """Which of the `wanted` (missing from the watch) were created moments ago: not created again. Creations
+        no longer wanted were seen (or are moot) and are forgotten."""
+        self.created = {name: at for name, at in self.created.items() if name in wanted}
+        return {name for name, at in self.created.items() if now - at < EXPECTATION_SECONDS}
