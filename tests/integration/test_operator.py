@@ -521,6 +521,8 @@ def test_a_full_quota_costs_one_post_per_backoff_and_the_job_says_why_it_waits(
     cluster.create_job(job, {"worker": {"replicas": 10}})
     event = cluster.wait_event(job, "FailedCreate", "exceeded quota")
     assert "creating again in" in event[2]
+    waiting = cluster.wait_condition(job, "ReplicaFailure", "FailedCreate")  # `kubectl describe` says why it waits
+    assert "exceeded quota" in waiting["message"]
     window_start, before = time.monotonic(), len(posts)
     wait_for(lambda: time.monotonic() - window_start > 20, timeout=30, what="a 20 s window", interval=1)
     # before: every pass (every 5 s, and on every pod event) POSTed all 7 missing pods again
@@ -528,3 +530,5 @@ def test_a_full_quota_costs_one_post_per_backoff_and_the_job_says_why_it_waits(
     assert len(cluster.events(job)) < 6  # one FailedCreate, not one per pass
     cluster.core.patch_namespaced_resource_quota("pods", cluster.ns, {"spec": {"hard": {"pods": "10"}}})
     cluster.wait_pods(job, names(job, worker=10), timeout=120)  # the backoff ends, the pods come
+    wait_for(lambda: cluster.condition(job, "ReplicaFailure")["status"] == "False", timeout=TIMEOUT,
+             what="ReplicaFailure False once the pods went through")

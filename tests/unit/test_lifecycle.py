@@ -439,3 +439,15 @@ def test_pods_kept_running_by_sidecars_are_cleaned_up_when_the_job_ends() -> Non
     plan = step(spec, [done, pod(WORKER, 1, "Succeeded", exit_code=0)])
     assert plan.status.is_true("Succeeded")
     assert plan.delete == [(WORKER, 0)]  # its sidecar would run forever; the pod that ended stays, as the policy says
+
+
+def test_a_job_whose_pods_are_refused_says_why_it_waits_until_they_go_through() -> None:
+    spec = spec_from({"worker": {"replicas": 2}})
+    refusal = 'Pod mnist-worker-1: pods "mnist-worker-1" is forbidden: exceeded quota: pods'
+    waiting = reconcile(spec, [pod(WORKER, 0)], DistTrainJobStatus(), T0, creation_refused=refusal)
+    condition = waiting.status.condition("ReplicaFailure")
+    assert condition is not None and (condition.status, condition.reason) == ("True", "FailedCreate")
+    assert "exceeded quota" in condition.message
+    through = reconcile(spec, all_running(spec), waiting.status, T0 + timedelta(seconds=5))
+    assert through.status.condition("ReplicaFailure").status == "False"  # type: ignore[union-attr]
+    assert "ReplicaFailure" not in {c.type for c in step(spec, all_running(spec)).status.conditions}  # never held

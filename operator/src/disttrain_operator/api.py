@@ -586,7 +586,7 @@ def parse_manifest(manifest: dict[str, Any]) -> tuple[str, str, DistTrainJobSpec
 
 # ---------------------------------------------------------------- status
 
-ConditionType = Literal["Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
+ConditionType = Literal["Created", "Running", "Restarting", "Suspended", "ReplicaFailure", "Succeeded", "Failed"]
 JobState = Literal["Pending", "Created", "Running", "Restarting", "Suspended", "Succeeded", "Failed"]
 
 
@@ -596,7 +596,8 @@ class Condition(Model):
     model_config = ConfigDict(extra="ignore")
 
     type: ConditionType
-    """Created, Running, Restarting, Suspended, Succeeded or Failed."""
+    """Created, Running, Restarting, Suspended, ReplicaFailure (pods cannot be created now: the API server's
+    reason, e.g. an exceeded quota), Succeeded or Failed."""
     status: Literal["True", "False", "Unknown"]
     """Whether the condition holds."""
     reason: str

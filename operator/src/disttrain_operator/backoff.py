@@ -32,15 +32,17 @@ class CreateGate:
 
     failures: int = 0
     not_before: float = 0.0
+    refusal: str | None = None  # the API server's last word, while backing off
     created: dict[str, float] = field(default_factory=dict)  # pod name -> when it was created
 
     def open(self, now: float) -> bool:
         """Whether creating may be tried now."""
         return now >= self.not_before
 
-    def refused(self, now: float, rng: random.Random | None = None) -> float:
-        """Records a refused pass; returns the delay before the next try."""
+    def refused(self, now: float, rng: random.Random | None = None, why: str | None = None) -> float:
+        """Records a refused pass (and the API server's reason); returns the delay before the next try."""
         self.failures += 1
+        self.refusal = why
         delay = min(BASE_SECONDS * 2 ** (self.failures - 1), MAX_SECONDS)
         delay *= 1 + JITTER * (2 * (rng or random).random() - 1)
         self.not_before = now + delay
@@ -48,7 +50,7 @@ class CreateGate:
 
     def succeeded(self) -> None:
         """A pass that created all it wanted: the next refusal starts the backoff over."""
-        self.failures, self.not_before = 0, 0.0
+        self.failures, self.not_before, self.refusal = 0, 0.0, None
 
     def seen(self, names: set[str]) -> None:
         """Pods now in the watch: their creations are no longer awaited (a later recreation is not held back)."""

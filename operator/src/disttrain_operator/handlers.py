@@ -301,7 +301,8 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.In
         observed = observed_pods(job_pods, key, uid)
         if key in state.gates:  # pods seen in the watch are no longer awaited
             state.gates[key].seen({pod_name(name, o.role, o.index) for o in observed})
-        plan = reconcile(spec, observed, previous, now, job["metadata"].get("generation"))
+        refusal = state.gates[key].refusal if key in state.gates else None
+        plan = reconcile(spec, observed, previous, now, job["metadata"].get("generation"), refusal)
         stored = await apply_plan(state, job, spec, plan, stored, ensure_service)
     except InvalidSpecError as error:
         previous = DistTrainJobStatus.model_validate(stored)
@@ -380,7 +381,7 @@ async def report_refused_creates(state: OperatorState, job: Obj, refused: list[s
     """Backs the job's creations off, posts a FailedCreate Warning quoting the API server (once per distinct cause
     and job), and ends the pass as failed (the retry comes when the backoff ends)."""
     key = (job["metadata"]["namespace"], job["metadata"]["name"])
-    delay = state.gate(key).refused(asyncio.get_running_loop().time())
+    delay = state.gate(key).refused(asyncio.get_running_loop().time(), why=refused[0])
     cause = f"{refused[0]} (creating again in {delay:.0f}s)"
     same_cause = re.sub(r'"[^"]*"', '""', refused[0].split(": ", 1)[-1])  # whichever pod it was
     if state.first_report(key, job["metadata"]["uid"], same_cause):

@@ -321,10 +321,19 @@ def reconcile(
     previous: DistTrainJobStatus,
     now: datetime,
     generation: int | None = None,
+    creation_refused: str | None = None,
 ) -> Plan:
-    """Decides the job's next status and actions from the replicas observed now."""
+    """Decides the job's next status and actions from the replicas observed now; `creation_refused` is the API
+    server's last refusal of the job's pods while its creations back off (None once they went through)."""
     b = _Builder(previous, now)
     b.status.observed_generation = generation if generation is not None else b.status.observed_generation
+    if not previous.finished:  # why the job waits, as Deployments say it
+        b.set_condition(
+            "ReplicaFailure",
+            creation_refused is not None,
+            "FailedCreate" if creation_refused else "PodsCreated",
+            creation_refused or "",
+        )
     observed = sorted(observed, key=lambda o: (o.role.value, o.index))
     by_key = {(o.role, o.index): o for o in observed}
     b.status.replica_statuses = _replica_statuses(spec, observed, previous)
