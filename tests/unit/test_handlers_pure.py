@@ -39,5 +39,7 @@ def test_the_operator_forgets_a_deleted_job_entirely() -> None:
     assert state.first_report(key, "uid-2", "quota")  # a new job of the same name is told again
     state.lock(key)
     state.due[key] = 1.0
+    state.gate(key)
+    state.relisted[key] = 1.0
     state.forget(key)
-    assert not state.locks and not state.due and not state.reported  # memory follows the jobs that exist
+    assert not (state.locks or state.due or state.reported or state.gates or state.relisted)  # only live jobs

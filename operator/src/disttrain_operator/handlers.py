@@ -85,6 +85,7 @@ class OperatorState:
     policy: TemplatePolicy = DEFAULT_POLICY  # what job templates may do (the chart's templatePolicy values)
     network_policy: bool = True  # a NetworkPolicy per job unless its spec says otherwise
     gates: dict[JobKey, CreateGate] = field(default_factory=dict)  # refused-create backoff and expectations
+    relisted: dict[JobKey, float] = field(default_factory=dict)  # loop.time() of each job's last fresh pod list
 
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -95,6 +96,7 @@ class OperatorState:
         self.due.pop(key, None)
         self.reported.pop(key, None)
         self.gates.pop(key, None)
+        self.relisted.pop(key, None)
 
     def gate(self, key: JobKey) -> CreateGate:
         return self.gates.setdefault(key, CreateGate())
@@ -297,18 +299,14 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.In
     now = datetime.now(UTC)
     try:
         spec = parse_spec(name, job.get("spec") or {}, state.policy)
-        previous = DistTrainJobStatus.model_validate(stored)
-        observed = observed_pods(job_pods, key, uid)
-        if key in state.gates:  # pods seen in the watch are no longer awaited
-            state.gates[key].seen({pod_name(name, o.role, o.index) for o in observed})
-        refusal = state.gates[key].refusal if key in state.gates else None
-        plan = reconcile(spec, observed, previous, now, job["metadata"].get("generation"), refusal)
-        stored = await apply_plan(state, job, spec, plan, stored, ensure_service)
+        observed, plan = await plan_pass(state, job, spec, observed_pods(job_pods, key, uid), now)
+        stored = await apply_plan(state, job, spec, plan, stored, ensure_service, observed)
     except InvalidSpecError as error:
         previous = DistTrainJobStatus.model_validate(stored)
         ttl = readable_ttl(job.get("spec"))
-        failed = fail_invalid_spec(previous, str(error), now, observed_pods(job_pods, key, uid), ttl)
-        await apply_plan(state, job, None, failed, stored)
+        observed = observed_pods(job_pods, key, uid)
+        failed = fail_invalid_spec(previous, str(error), now, observed, ttl)
+        await apply_plan(state, job, None, failed, stored, observed=observed)
         _schedule(state, key, None if failed.delete_job else failed.requeue_after)
         metrics.record_job_state(key, None if failed.delete_job else failed.status.state)
         raise
@@ -330,6 +328,40 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.In
         if gate is not None and gate.failures:  # creations backing off: look again when they may be tried
             wait = min(wait, max(gate.not_before - asyncio.get_running_loop().time(), 0.0))
     _schedule(state, key, None if plan.delete_job else wait)
+
+
+async def plan_pass(
+    state: OperatorState, job: Obj, spec: DistTrainJobSpec, observed: list[ReplicaObservation], now: datetime
+) -> tuple[list[ReplicaObservation], Plan]:
+    """`lifecycle`'s plan from the watch's view of the pods, checked against a fresh list of them before any
+    create or delete and at least every RESYNC_SECONDS: after a watch gap (410, a restarted API server) the
+    index may still hold pods that are gone, and nothing would recreate them."""
+    meta = job["metadata"]
+    key = (meta["namespace"], meta["name"])
+    previous = DistTrainJobStatus.model_validate(job.get("status") or {})
+
+    def decide(pods: list[ReplicaObservation]) -> Plan:
+        gate = state.gates.get(key)
+        if gate is not None:  # pods seen are no longer awaited
+            gate.seen({pod_name(meta["name"], o.role, o.index) for o in pods})
+        refusal = gate.refusal if gate is not None else None
+        return reconcile(spec, pods, previous, now, meta.get("generation"), refusal)
+
+    plan = decide(observed)
+    clock = asyncio.get_running_loop().time()
+    if not (plan.create or plan.delete or clock - state.relisted.get(key, float("-inf")) >= RESYNC_SECONDS):
+        return observed, plan
+    state.relisted[key] = clock
+    listed = await state.kube.list_job_pods(meta["namespace"], meta["name"])
+    fresh = [observe_pod(p) for p in listed if controller_uid(p) == meta["uid"] and pod_replica(p) is not None]
+    if _view(fresh) == _view(observed):
+        return observed, plan
+    logger.info("%s/%s: the watch's view of its pods was stale; deciding on a fresh list", *key)
+    return fresh, decide(fresh)
+
+
+def _view(observed: list[ReplicaObservation]) -> set[tuple[object, ...]]:
+    return {(o.role, o.index, o.uid, o.phase, o.deleting, o.restarts, o.sidecars_running) for o in observed}
 
 
 def _schedule(state: OperatorState, key: JobKey, wait: float | None) -> None:
@@ -397,6 +429,7 @@ async def apply_plan(
     plan: Plan,
     stored: Obj,
     ensure_service: bool = False,
+    observed: list[ReplicaObservation] | None = None,
 ) -> Obj:
     """Status first (so restarts are never lost), events, pod deletions, the Service and pod creations, TTL.
 
@@ -415,8 +448,9 @@ async def apply_plan(
     for event in plan.events:
         await state.kube.post_event(job, event.type, event.reason, event.message)
         metrics.JOB_EVENTS.labels(event.reason).inc()
-    for role, index in plan.delete:
-        if await state.kube.delete_pod(namespace, pod_name(name, role, index)):
+    uids = {(o.role, o.index): o.uid for o in observed or []}
+    for role, index in plan.delete:  # only the very pod the decision saw (its UID), never a replacement
+        if await state.kube.delete_pod(namespace, pod_name(name, role, index), uids.get((role, index)) or None):
             metrics.PODS_DELETED.inc()
     if spec is not None and (plan.create or (ensure_service and not plan.status.finished)):
         pods = [build_pod(name, namespace, uid, spec, role, i) for role, i in plan.create]

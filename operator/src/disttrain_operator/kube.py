@@ -16,10 +16,19 @@ from datetime import UTC, datetime
 from typing import Any
 
 import kubernetes
-from kubernetes.client import ApiClient, ApiException, Configuration, CoreV1Api, CustomObjectsApi, NetworkingV1Api
+from kubernetes.client import (
+    ApiClient,
+    ApiException,
+    Configuration,
+    CoreV1Api,
+    CustomObjectsApi,
+    NetworkingV1Api,
+    V1DeleteOptions,
+    V1Preconditions,
+)
 
 from .api import GROUP, PLURAL, VERSION
-from .names import controller_uid
+from .names import LABEL_JOB, controller_uid
 
 Obj = dict[str, Any]
 logger = logging.getLogger(__name__)
@@ -116,15 +125,34 @@ class Kube:
             )
         return False
 
-    async def delete_pod(self, namespace: str, name: str) -> bool:
-        """Deletes a pod; False if it was already gone."""
+    async def delete_pod(self, namespace: str, name: str, uid: str | None = None) -> bool:
+        """Deletes a pod, only if it is still the pod `uid` when one is given (a decision made on a stale view never
+        deletes its replacement); False if it was gone or replaced."""
+        options = V1DeleteOptions(preconditions=V1Preconditions(uid=uid)) if uid else None
         try:
-            await self._call(self.core.delete_namespaced_pod, name, namespace)
+            await self._call(self.core.delete_namespaced_pod, name, namespace, body=options)
             return True
         except ApiException as error:
-            if error.status == 404:
+            if error.status in (404, 409):  # 409: the UID precondition failed, another pod has the name now
                 return False
             raise
+
+    async def list_job_pods(self, namespace: str, job_name: str, chunk: int = 500) -> list[Obj]:
+        """The job's pods as the API server has them now (by label, in chunks): the check on the watch's view."""
+        pods: list[Obj] = []
+        token: str | None = None
+        while True:
+            listed = await self._call(
+                self.core.list_namespaced_pod,
+                namespace,
+                label_selector=f"{LABEL_JOB}={job_name}",
+                limit=chunk,
+                **({"_continue": token} if token else {}),
+            )
+            pods += self._as_dict(listed)["items"]
+            token = listed.metadata._continue
+            if not token:
+                return pods
 
     async def get_job(self, namespace: str, name: str) -> Obj | None:
         """The DistTrainJob as stored now, or None when it is gone."""
