@@ -451,3 +451,15 @@ def test_a_job_whose_pods_are_refused_says_why_it_waits_until_they_go_through() 
     through = reconcile(spec, all_running(spec), waiting.status, T0 + timedelta(seconds=5))
     assert through.status.condition("ReplicaFailure").status == "False"  # type: ignore[union-attr]
     assert "ReplicaFailure" not in {c.type for c in step(spec, all_running(spec)).status.conditions}  # never held
+
+
+def test_a_mass_failure_is_counted_once_even_when_the_pass_is_repeated() -> None:
+    spec = spec_from({"worker": {"replicas": 150}}, runPolicy={"backoffLimit": 1000})
+    killed = [pod(WORKER, i, "Failed", exit_code=137, reason="OOMKilled") for i in range(150)]
+    first = step(spec, killed)
+    assert first.status.restarts == 150 and len(first.delete) == 150
+    # the pass died after its status patch (SIGKILL, a 5xx in the deletes): the retry sees the same pods
+    again = step(spec, killed, first.status, T0 + timedelta(seconds=5))
+    assert again.status.restarts == 150  # before: 100 UIDs were remembered, 50 counted again (then 100 more...)
+    gone = step(spec, [], again.status, T0 + timedelta(seconds=10))  # deleted at last: their UIDs can go
+    assert gone.status.counted_failures == [] and gone.status.restarts == 150

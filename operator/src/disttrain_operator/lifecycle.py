@@ -31,7 +31,6 @@ from .api import (
 
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 EventType = Literal["Normal", "Warning"]
-MAX_COUNTED_FAILURES = 100
 PERMANENT_EXIT_CODES = range(1, 128)
 MESSAGE_EXCERPT_CHARS = 500
 
@@ -284,7 +283,7 @@ def _retire(b: _Builder, o: ReplicaObservation, recreation: bool) -> bool:
     role_status.retired_restarts += o.restarts + (1 if recreation else 0)
     role_status.restarts += 1 if recreation else 0
     if o.uid:
-        b.status.counted_failures = [*b.status.counted_failures, o.uid][-MAX_COUNTED_FAILURES:]
+        b.status.counted_failures = [*b.status.counted_failures, o.uid]
     return True
 
 
@@ -326,6 +325,10 @@ def reconcile(
     """Decides the job's next status and actions from the replicas observed now; `creation_refused` is the API
     server's last refusal of the job's pods while its creations back off (None once they went through)."""
     b = _Builder(previous, now)
+    # Counted UIDs matter while their pods can still be seen; the bookkeeping is bounded by the job's pods, so a
+    # pass that dies after its status patch never counts any of them twice, however many failed at once.
+    seen = {o.uid for o in observed}
+    b.status.counted_failures = [uid for uid in previous.counted_failures if uid in seen]
     b.status.observed_generation = generation if generation is not None else b.status.observed_generation
     if not previous.finished:  # why the job waits, as Deployments say it
         b.set_condition(
