@@ -104,3 +104,22 @@ def test_status_subresource_and_printer_columns(control_plane: Any, crd: None, n
     assert table[0].split() == ["NAME", "STATE", "CHIEF", "PS", "WORKERS", "RESTARTS", "ACCURACY", "AGE"]
     assert table[1].split()[:6] == ["columns", "Running", "1/1", "3/4", "2", "0.9861"]  # blank PS column: no ps
     control_plane.kubectl("wait", "--for=condition=Running", "dtj/columns", "-n", namespace, "--timeout=5s")
+
+
+def test_a_running_jobs_topology_is_frozen_but_a_suspended_one_may_change(
+    control_plane: Any, crd: None, namespace: str
+) -> None:
+    apply(control_plane, namespace, job("frozen", {"worker": {"replicas": 2}}))
+
+    def patch(spec: dict[str, Any]) -> Any:
+        return control_plane.kubectl("patch", "dtj", "frozen", "-n", namespace, "--type", "merge", "-p",
+                                     json.dumps({"spec": spec}), check=False)
+
+    refused = patch({"replicaSpecs": {"worker": {"replicas": 3}}})  # before: accepted, pods kept the old TF_CONFIG
+    assert refused.returncode != 0 and "only spec.runPolicy may change while the job runs" in refused.stderr
+    assert patch({"image": "other:1"}).returncode != 0
+    assert patch({"runPolicy": {"backoffLimit": 9}}).returncode == 0  # the run policy may change
+    assert patch({"runPolicy": {"suspend": True}, "replicaSpecs": {"worker": {"replicas": 3}}}).returncode == 0
+    assert patch({"runPolicy": {"suspend": False}, "image": "other:1"}).returncode == 0  # resumed with the change
+    stored = json.loads(control_plane.kubectl("get", "dtj", "frozen", "-n", namespace, "-o", "json").stdout)
+    assert stored["spec"]["replicaSpecs"]["worker"]["replicas"] == 3 and stored["spec"]["image"] == "other:1"

@@ -447,6 +447,14 @@ def always_message(role: ReplicaType) -> str:
     )
 
 
+# What the job's pods are made of: it cannot change while they run (the CRD's transition rule in crd.py; there
+# is no old object for pydantic to compare with). Suspending the job first lets it change.
+RUNNING_TOPOLOGY = ("replicaSpecs", "image", "args", "env", "port", "successPolicy", "storage", "networkPolicy")
+TOPOLOGY_FROZEN_MESSAGE = (
+    "only spec.runPolicy may change while the job runs: its pods would keep their old TF_CONFIG and template; "
+    "suspend it first (runPolicy.suspend: true, in the same or an earlier edit) or create a new job"
+)
+
 # The evaluator reads the checkpoints the chief writes; without a shared volume it would evaluate nothing, silently.
 EVALUATOR_STORAGE_MESSAGE = (
     "an evaluator evaluates the checkpoints the chief writes, which it can only read from shared storage: "
@@ -455,7 +463,8 @@ EVALUATOR_STORAGE_MESSAGE = (
 
 
 class DistTrainJobSpec(Model):
-    """The desired TensorFlow cluster and how to run it."""
+    """The desired TensorFlow cluster and how to run it. Only runPolicy may change while the job runs; suspend
+    the job (runPolicy.suspend) to change the rest."""
 
     @model_validator(mode="after")
     def _check_deciders_can_finish(self) -> DistTrainJobSpec:

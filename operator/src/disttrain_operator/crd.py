@@ -112,6 +112,16 @@ SPEC_RULES: list[dict[str, str]] = [
         "fieldPath": ".replicaSpecs.worker.restartPolicy",
     },
     {
+        # a transition rule (updates only): running pods would keep their old TF_CONFIG and template
+        "rule": "self.runPolicy.suspend || oldSelf.runPolicy.suspend || ("
+        + " && ".join(
+            f"has(self.{f}) == has(oldSelf.{f}) && (!has(self.{f}) || self.{f} == oldSelf.{f})"
+            for f in api.RUNNING_TOPOLOGY
+        )
+        + ")",
+        "message": api.TOPOLOGY_FROZEN_MESSAGE,
+    },
+    {
         "rule": "!has(self.replicaSpecs.evaluator) || self.replicaSpecs.evaluator.replicas == 0 || has(self.storage)",
         "message": api.EVALUATOR_STORAGE_MESSAGE,
         "fieldPath": ".replicaSpecs.evaluator.replicas",
