@@ -532,3 +532,19 @@ def test_a_full_quota_costs_one_post_per_backoff_and_the_job_says_why_it_waits(
     cluster.wait_pods(job, names(job, worker=10), timeout=120)  # the backoff ends, the pods come
     wait_for(lambda: cluster.condition(job, "ReplicaFailure")["status"] == "False", timeout=TIMEOUT,
              what="ReplicaFailure False once the pods went through")
+
+
+def test_a_completed_worker_whose_pod_is_garbage_collected_never_trains_again(cluster: Cluster) -> None:
+    job = "gc"
+    cluster.create_job(job, {"worker": {"replicas": 2}}, successPolicy="AllWorkers")
+    cluster.wait_pods(job, names(job, worker=2), phase="Running")
+    cluster.drive(f"{job}-worker-1", ANNOTATION_COMPLETE, "true")
+    wait_for(lambda: cluster.pods(job)[f"{job}-worker-1"]["status"]["phase"] == "Succeeded", timeout=TIMEOUT,
+             what="worker 1 completed")
+    wait_for(lambda: (cluster.job(job) or {}).get("status", {}).get("completedReplicas") == {"worker": [1]},
+             timeout=TIMEOUT, what="worker 1 recorded as completed")
+    cluster.core.delete_namespaced_pod(f"{job}-worker-1", cluster.ns)  # as PodGC does past its threshold
+    cluster.wait_pods(job, {f"{job}-worker-0"})
+    cluster.drive(f"{job}-worker-0", ANNOTATION_COMPLETE, "true")
+    cluster.wait_condition(job, "Succeeded")  # before: worker 1 was recreated, trained again, and held the job
+    assert f"{job}-worker-1" not in cluster.pods(job)

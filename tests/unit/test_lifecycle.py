@@ -463,3 +463,14 @@ def test_a_mass_failure_is_counted_once_even_when_the_pass_is_repeated() -> None
     assert again.status.restarts == 150  # before: 100 UIDs were remembered, 50 counted again (then 100 more...)
     gone = step(spec, [], again.status, T0 + timedelta(seconds=10))  # deleted at last: their UIDs can go
     assert gone.status.counted_failures == [] and gone.status.restarts == 150
+
+
+def test_a_replica_that_completed_never_runs_again_once_its_pod_is_gone() -> None:
+    spec = spec_from({"worker": {"replicas": 2}}, successPolicy="AllWorkers")
+    first = step(spec, [pod(WORKER, 0), pod(WORKER, 1, "Succeeded", exit_code=0)])
+    assert first.status.completed_replicas == {"worker": [1]} and not first.status.is_true("Succeeded")
+    gone = step(spec, [pod(WORKER, 0)], first.status, T0 + timedelta(seconds=5))  # PodGC, a lost node, a user
+    assert gone.create == []  # before: worker 1 was created again and trained a second time
+    assert gone.status.replica_statuses["worker"].succeeded == 1
+    done = step(spec, [pod(WORKER, 0, "Succeeded", exit_code=0)], gone.status, T0 + timedelta(seconds=9))
+    assert done.status.is_true("Succeeded")  # every worker completed, one of them without a pod left

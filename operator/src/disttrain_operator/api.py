@@ -685,6 +685,9 @@ class DistTrainJobStatus(Model):
     """The metadata.generation this status describes."""
     results: TrainingResults | None = None
     """Final metrics of a succeeded job (`kubectl get` shows the accuracy)."""
+    completed_replicas: dict[str, list[int]] = Field(default_factory=dict)
+    """Indices of the replicas, by role, that exited 0: they never run again, even once their pods are gone
+    (garbage-collected, deleted with their node)."""
     counted_failures: list[str] = Field(default_factory=list)
     """Internal bookkeeping: UIDs of pods whose restarts are already counted (a stale view never counts twice)."""
 

@@ -177,8 +177,24 @@ class _Builder:
         self.event("Normal" if succeeded else "Warning", reason, message)
 
 
+def _completed(previous: DistTrainJobStatus, observed: list[ReplicaObservation]) -> dict[str, list[int]]:
+    """The replicas that exited 0 so far: those recorded before and those whose pods say so now."""
+    done = {role: set(indices) for role, indices in previous.completed_replicas.items()}
+    for o in observed:
+        if o.phase == "Succeeded":
+            done.setdefault(o.role.value, set()).add(o.index)
+    return {role: sorted(indices) for role, indices in sorted(done.items())}
+
+
+def _is_completed(status: DistTrainJobStatus, role: ReplicaType, index: int) -> bool:
+    return index in status.completed_replicas.get(role.value, ())
+
+
 def _replica_statuses(
-    spec: DistTrainJobSpec, observed: list[ReplicaObservation], previous: DistTrainJobStatus
+    spec: DistTrainJobSpec,
+    observed: list[ReplicaObservation],
+    previous: DistTrainJobStatus,
+    completed: dict[str, list[int]],
 ) -> dict[str, ReplicaStatus]:
     statuses: dict[str, ReplicaStatus] = {}
     for role, replica_spec in spec.replica_specs.items():
@@ -190,7 +206,7 @@ def _replica_statuses(
             desired=replica_spec.replicas,
             active=sum(1 for o in mine if o.active),
             ready=ready,
-            succeeded=sum(1 for o in mine if o.phase == "Succeeded"),
+            succeeded=len([i for i in completed.get(role.value, ()) if i < replica_spec.replicas]),
             failed=sum(1 for o in mine if o.phase == "Failed" and not o.deleting),
             retired_restarts=before.retired_restarts,
             restarts=before.retired_restarts + sum(o.restarts for o in live),
@@ -204,10 +220,12 @@ def reporting_replica(spec: DistTrainJobSpec) -> tuple[ReplicaType, int]:
     return (ReplicaType.CHIEF if spec.replica_specs.count(ReplicaType.CHIEF) else ReplicaType.WORKER), 0
 
 
-def _succeeded(spec: DistTrainJobSpec, by_key: dict[tuple[ReplicaType, int], ReplicaObservation]) -> bool:
+def _succeeded(
+    spec: DistTrainJobSpec, by_key: dict[tuple[ReplicaType, int], ReplicaObservation], status: DistTrainJobStatus
+) -> bool:
     def done(role: ReplicaType, index: int) -> bool:
         found = by_key.get((role, index))
-        return found is not None and found.phase == "Succeeded"
+        return (found is not None and found.phase == "Succeeded") or _is_completed(status, role, index)
 
     if spec.success_policy == "AllWorkers":
         has_chief = spec.replica_specs.count(ReplicaType.CHIEF) > 0
@@ -339,7 +357,8 @@ def reconcile(
         )
     observed = sorted(observed, key=lambda o: (o.role.value, o.index))
     by_key = {(o.role, o.index): o for o in observed}
-    b.status.replica_statuses = _replica_statuses(spec, observed, previous)
+    b.status.completed_replicas = _completed(previous, observed)
+    b.status.replica_statuses = _replica_statuses(spec, observed, previous, b.status.completed_replicas)
     b.status.restarts = sum(r.restarts for r in b.status.replica_statuses.values())
     plan = _decide(b, spec, observed, previous, by_key)
     _retire_deleted(b, by_key)
@@ -387,7 +406,7 @@ def _decide(
 
     # The success policy decides first: what else failed in the same pass does not change the outcome, and a
     # pod that will never be recreated is not counted as a restart.
-    if _succeeded(spec, by_key):
+    if _succeeded(spec, by_key, status):
         who = (
             "every worker"
             if spec.success_policy == "AllWorkers"
@@ -424,7 +443,8 @@ def _decide(
     deleting = set(b.plan.delete)
     for role, replica_spec in spec.replica_specs.items():
         for index in range(replica_spec.replicas):
-            if (role, index) not in by_key and (role, index) not in deleting:
+            completed = _is_completed(status, role, index)  # exited 0: never again, its pod gone or not
+            if (role, index) not in by_key and (role, index) not in deleting and not completed:
                 b.plan.create.append((role, index))
     b.plan.delete.extend(
         (o.role, o.index) for o in observed if o.index >= spec.replica_specs.count(o.role) and not o.deleting
