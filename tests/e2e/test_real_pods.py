@@ -136,9 +136,9 @@ def test_ps_chief_logs_progress_and_resolves_peers_through_coredns(cluster: e2e.
     logs = cluster.kubectl("logs", "mnist-ps-chief-0").stdout
     steps = ps_job["job"]["status"]["results"]["steps"]
     assert f"progress step={steps}/{steps}" in logs
-    config = json.loads(
-        pod_named(cluster, "mnist-ps", "mnist-ps-chief-0")["metadata"]["annotations"]["disttrain.io/tf-config"]
-    )
+    chief = pod_named(cluster, "mnist-ps", "mnist-ps-chief-0")["spec"]["containers"]
+    env = next(c for c in chief if c["name"] == "tensorflow")["env"]
+    config = json.loads(next(e["value"] for e in env if e["name"] == "TF_CONFIG"))
     host = config["cluster"]["ps"][0].split(":")[0]
     assert host == "mnist-ps-ps-0.default.svc"  # the task's own Service
     queries = cluster.dns_queries()  # None where the cluster DNS logs no queries (kind)

@@ -9,7 +9,6 @@ import pytest
 
 from disttrain_operator.api import DistTrainJobSpec, ReplicaType, parse_spec
 from disttrain_operator.builders import (
-    ANNOTATION_TF_CONFIG,
     GPU_TOLERATION,
     REDACT_ENV,
     build_network_policy,
@@ -115,7 +114,7 @@ def test_tf_config_in_env_and_annotation_is_parsed_by_tensorflow() -> None:
         for index in range(count):
             pod = pod_for(spec, role, index)
             config = env_of(pod)["TF_CONFIG"]
-            assert pod["metadata"]["annotations"][ANNOTATION_TF_CONFIG] == config
+            assert "annotations" not in pod["metadata"]  # TF_CONFIG once per pod: pods grow with the job
             assert json.loads(config)["environment"] == "cloud"
             resolver = resolver_class()
             with pytest.MonkeyPatch.context() as patch:
@@ -199,7 +198,7 @@ def test_template_merged_under_operator_settings() -> None:
     pod = pod_for(spec)
     meta, pod_spec = pod["metadata"], pod["spec"]
     assert meta["labels"]["team"] == "a" and meta["labels"][LABEL_JOB] == JOB
-    assert meta["annotations"]["note"] == "x" and ANNOTATION_TF_CONFIG in meta["annotations"]
+    assert meta["annotations"] == {"note": "x"}
     assert pod_spec["nodeSelector"] == {"disttrain.io/pool": "cpu"}
     assert (pod_spec["restartPolicy"], pod_spec["hostname"]) == ("Never", "mnist-worker-0")
     assert [c["name"] for c in pod_spec["containers"]] == ["sidecar", "tensorflow"]

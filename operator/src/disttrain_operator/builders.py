@@ -16,7 +16,6 @@ from .names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE, job_labels, owner_referen
 from .policy import TRAINER_CONTAINER
 from .tfconfig import cluster_spec, pod_name, service_address_of, tf_config_json
 
-ANNOTATION_TF_CONFIG = "disttrain.io/tf-config"
 PORT_NAME = "tf-port"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
@@ -199,7 +198,9 @@ def build_pod(job_name: str, namespace: str, uid: str, spec: DistTrainJobSpec, r
     metadata = _metadata(
         name, namespace, {**user_meta.get("labels", {}), **replica_labels(job_name, role, index)}, job_name, uid
     )
-    metadata["annotations"] = {**user_meta.get("annotations", {}), ANNOTATION_TF_CONFIG: config}
+    # TF_CONFIG lives once per pod, in the trainer's env: it names every task, so a copy doubles every pod
+    if user_meta.get("annotations"):
+        metadata["annotations"] = dict(user_meta["annotations"])
 
     pod_spec: Obj = template.get("spec") or {}
     containers = pod_spec.get("containers") or []
