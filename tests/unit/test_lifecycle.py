@@ -474,3 +474,16 @@ def test_a_replica_that_completed_never_runs_again_once_its_pod_is_gone() -> Non
     assert gone.status.replica_statuses["worker"].succeeded == 1
     done = step(spec, [pod(WORKER, 0, "Succeeded", exit_code=0)], gone.status, T0 + timedelta(seconds=9))
     assert done.status.is_true("Succeeded")  # every worker completed, one of them without a pod left
+
+
+def test_a_pass_that_ends_the_job_recreates_nothing_and_says_so() -> None:
+    spec = spec_from({"worker": {"replicas": 3, "restartPolicy": "ExitCode"}}, runPolicy={"backoffLimit": 5})
+    permanent = pod(WORKER, 0, "Failed", exit_code=1)
+    retryable = pod(WORKER, 1, "Failed", exit_code=137, reason="OOMKilled")
+    plan = step(spec, [permanent, retryable, pod(WORKER, 2)])
+    assert plan.status.is_true("Failed") and plan.status.restarts == 0  # before: worker 1 counted as a restart
+    assert not [e for e in plan.events if "recreating" in e.message]  # ...and announced as recreated
+    limited = spec_from({"worker": {"replicas": 2}}, runPolicy={"backoffLimit": 0})
+    over = step(limited, [retryable, pod(WORKER, 0)])
+    assert over.status.condition("Failed").reason == "BackoffLimitExceeded"  # type: ignore[union-attr]
+    assert not [e for e in over.events if "recreating" in e.message]

@@ -23,7 +23,6 @@ from .api import (
     DistTrainJobSpec,
     DistTrainJobStatus,
     JobState,
-    ReplicaSpec,
     ReplicaStatus,
     ReplicaType,
     TrainingResults,
@@ -313,23 +312,35 @@ def _retire_deleted(b: _Builder, by_key: dict[tuple[ReplicaType, int], ReplicaOb
     b.status.restarts = sum(r.restarts for r in b.status.replica_statuses.values())
 
 
-def _count_failures(
-    b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]
-) -> ReplicaObservation | None:
-    """Recreates retryable failed pods; returns the first permanent failure, if any."""
-    for o in observed:
-        if o.phase != "Failed" or o.deleting or o.index >= spec.replica_specs.count(o.role):
-            continue  # a pod beyond the spec's replicas is removed by scale-down, not retried
-        replica_spec: ReplicaSpec = getattr(spec.replica_specs, o.role.value)
-        if not is_retryable(replica_spec.restart_policy, o):
-            return o
+def _failed_pods(spec: DistTrainJobSpec, observed: list[ReplicaObservation]) -> list[ReplicaObservation]:
+    """Failed pods of the spec's replicas (one beyond them is removed by scale-down, not retried)."""
+    return [
+        o for o in observed if o.phase == "Failed" and not o.deleting and o.index < spec.replica_specs.count(o.role)
+    ]
+
+
+def _permanent_failure(spec: DistTrainJobSpec, observed: list[ReplicaObservation]) -> ReplicaObservation | None:
+    """The first failure its replica's restartPolicy does not retry, if any."""
+    return next(
+        (
+            o
+            for o in _failed_pods(spec, observed)
+            if not is_retryable(getattr(spec.replica_specs, o.role.value).restart_policy, o)
+        ),
+        None,
+    )
+
+
+def _count_failures(b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]) -> list[str]:
+    """Counts each retryable failed pod once and plans its deletion (so it is recreated); returns what to say
+    about each, said only if the job goes on (a pass that ends the job recreates nothing)."""
+    messages = []
+    for o in _failed_pods(spec, observed):
+        policy = getattr(spec.replica_specs, o.role.value).restart_policy
         b.plan.delete.append((o.role, o.index))
-        if not _retire(b, o, recreation=True):
-            continue  # already counted; a stale view still shows the pod we deleted
-        message = f"{describe_failure(o)}; recreating the pod (restartPolicy {replica_spec.restart_policy})"
-        b.event("Warning", "PodFailed", message)
-        b.set_condition("Restarting", True, "PodRestarting", message)
-    return None
+        if _retire(b, o, recreation=True):  # False: already counted, a stale view still shows the pod we deleted
+            messages.append(f"{describe_failure(o)}; recreating the pod (restartPolicy {policy})")
+    return messages
 
 
 def reconcile(
@@ -421,10 +432,12 @@ def _decide(
         for role, r in status.replica_statuses.items()
         if role in previous.replica_statuses and r.restarts > previous.replica_statuses[role].restarts
     ]
-    permanent = _count_failures(b, spec, observed)
+    # A permanent failure ends the job before anything is counted: no pod is recreated, no restart counted.
+    permanent = _permanent_failure(spec, observed)
     if permanent is not None:
         b.finish(False, "PodFailed", describe_failure(permanent, with_last_line=True))
         return _after_finish(b, spec, observed)
+    recreating = _count_failures(b, spec, observed)
 
     status.restarts = sum(r.restarts for r in status.replica_statuses.values())
     if status.restarts > spec.run_policy.backoff_limit:
@@ -434,6 +447,9 @@ def _decide(
             f"{status.restarts} restarts exceed backoffLimit {spec.run_policy.backoff_limit}",
         )
         return _after_finish(b, spec, observed)
+    for message in recreating:
+        b.event("Warning", "PodFailed", message)
+        b.set_condition("Restarting", True, "PodRestarting", message)
 
     if in_place:
         message = "; ".join(in_place)
