@@ -383,10 +383,28 @@ def _decide(
     previous: DistTrainJobStatus,
     by_key: dict[tuple[ReplicaType, int], ReplicaObservation],
 ) -> Plan:
-    status, now = b.status, b.now
-    if status.finished:
+    """The decisions in order; the first step that ends the pass (finished, suspended) returns its plan."""
+    if b.status.finished:
         return _after_finish(b, spec, observed)
+    for step in (_suspension, _deadline, _success, _failures):
+        plan = step(b, spec, observed, previous, by_key)
+        if plan is not None:
+            return plan
+    replacing = bool(b.plan.delete)  # failed pods on their way to recreation
+    _create_missing(b, spec, observed, by_key)
+    _running_condition(b, spec, previous, by_key, replacing)
+    b.status.state = _state(b.status)
+    return b.plan
 
+
+Observed = dict[tuple[ReplicaType, int], ReplicaObservation]
+
+
+def _suspension(
+    b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation], _: DistTrainJobStatus, __: Observed
+) -> Plan | None:
+    """Suspended: every pod goes, the deadline clock stops. Resumed or running: the job is (again) started."""
+    status = b.status
     if spec.run_policy.suspend:
         if not status.is_true("Suspended"):
             b.event("Normal", "Suspended", "job suspended: its pods are deleted")
@@ -400,86 +418,112 @@ def _decide(
     if status.is_true("Suspended"):
         b.set_condition("Suspended", False, "JobResumed", "spec.runPolicy.suspend is false")
         b.event("Normal", "Resumed", "job resumed: its pods are recreated")
-
     if status.start_time is None:
-        status.start_time = format_time(now)
+        status.start_time = format_time(b.now)
     if not status.is_true("Created"):
         b.set_condition("Created", True, "JobCreated", "the job's Service and pods are being created")
         b.event("Normal", "Created", "creating the job's Service and pods")
+    return None
 
+
+def _deadline(
+    b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation], _: DistTrainJobStatus, __: Observed
+) -> Plan | None:
+    """activeDeadlineSeconds: fail once passed, else look again when it passes."""
     deadline = spec.run_policy.active_deadline_seconds
-    if deadline is not None:
-        remaining = (parse_time(status.start_time) + timedelta(seconds=deadline) - now).total_seconds()
-        if remaining <= 0:
-            b.finish(False, "DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds ({deadline}s)")
-            return _after_finish(b, spec, observed)
-        b.plan.requeue_after = remaining
-
-    # The success policy decides first: what else failed in the same pass does not change the outcome, and a
-    # pod that will never be recreated is not counted as a restart.
-    if _succeeded(spec, by_key, status):
-        who = (
-            "every worker"
-            if spec.success_policy == "AllWorkers"
-            else ("the chief" if spec.replica_specs.count(ReplicaType.CHIEF) else "worker 0")
-        )
-        b.finish(True, "JobSucceeded", f"{who} completed successfully")
-        status.results = training_results(by_key.get(reporting_replica(spec)))
+    if deadline is None:
+        return None
+    started = parse_time(b.status.start_time or format_time(b.now))
+    remaining = (started + timedelta(seconds=deadline) - b.now).total_seconds()
+    if remaining <= 0:
+        b.finish(False, "DeadlineExceeded", f"the job ran longer than activeDeadlineSeconds ({deadline}s)")
         return _after_finish(b, spec, observed)
+    b.plan.requeue_after = remaining
+    return None
 
+
+def _success(
+    b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation], _: DistTrainJobStatus, by_key: Observed
+) -> Plan | None:
+    """The success policy decides first: what else failed in the same pass does not change the outcome, and a
+    pod that will never be recreated is not counted as a restart."""
+    if not _succeeded(spec, by_key, b.status):
+        return None
+    who = (
+        "every worker"
+        if spec.success_policy == "AllWorkers"
+        else ("the chief" if spec.replica_specs.count(ReplicaType.CHIEF) else "worker 0")
+    )
+    b.finish(True, "JobSucceeded", f"{who} completed successfully")
+    b.status.results = training_results(by_key.get(reporting_replica(spec)))
+    return _after_finish(b, spec, observed)
+
+
+def _failures(
+    b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation], previous: DistTrainJobStatus, _: Observed
+) -> Plan | None:
+    """A permanent failure ends the job before anything is counted; retryable ones are counted and recreated
+    unless they exceed backoffLimit; container restarts in place are reported."""
+    status = b.status
+    permanent = _permanent_failure(spec, observed)
+    if permanent is not None:
+        b.finish(False, "PodFailed", describe_failure(permanent, with_last_line=True))
+        return _after_finish(b, spec, observed)
     in_place = [
         f"{role}: {r.restarts - previous.replica_statuses[role].restarts} container restart(s)"
         for role, r in status.replica_statuses.items()
         if role in previous.replica_statuses and r.restarts > previous.replica_statuses[role].restarts
     ]
-    # A permanent failure ends the job before anything is counted: no pod is recreated, no restart counted.
-    permanent = _permanent_failure(spec, observed)
-    if permanent is not None:
-        b.finish(False, "PodFailed", describe_failure(permanent, with_last_line=True))
-        return _after_finish(b, spec, observed)
     recreating = _count_failures(b, spec, observed)
-
     status.restarts = sum(r.restarts for r in status.replica_statuses.values())
     if status.restarts > spec.run_policy.backoff_limit:
-        b.finish(
-            False,
-            "BackoffLimitExceeded",
-            f"{status.restarts} restarts exceed backoffLimit {spec.run_policy.backoff_limit}",
-        )
+        limit = spec.run_policy.backoff_limit
+        b.finish(False, "BackoffLimitExceeded", f"{status.restarts} restarts exceed backoffLimit {limit}")
         return _after_finish(b, spec, observed)
     for message in recreating:
         b.event("Warning", "PodFailed", message)
         b.set_condition("Restarting", True, "PodRestarting", message)
-
     if in_place:
         message = "; ".join(in_place)
         b.event("Warning", "Restarted", message)
         b.set_condition("Restarting", True, "ContainerRestarted", message)
+    return None
 
+
+def _create_missing(b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation], by_key: Observed) -> None:
+    """Pods for the replicas that have none (and never completed); pods beyond the spec's replicas go."""
     deleting = set(b.plan.delete)
     for role, replica_spec in spec.replica_specs.items():
         for index in range(replica_spec.replicas):
-            completed = _is_completed(status, role, index)  # exited 0: never again, its pod gone or not
+            completed = _is_completed(b.status, role, index)  # exited 0: never again, its pod gone or not
             if (role, index) not in by_key and (role, index) not in deleting and not completed:
                 b.plan.create.append((role, index))
     b.plan.delete.extend(
         (o.role, o.index) for o in observed if o.index >= spec.replica_specs.count(o.role) and not o.deleting
     )
 
+
+def _running_condition(
+    b: _Builder, spec: DistTrainJobSpec, previous: DistTrainJobStatus, by_key: Observed, replacing: bool
+) -> None:
+    """Running once every replica runs (or has completed) and nothing is being replaced or restarted."""
+    status = b.status
+    restarted = any(
+        role in previous.replica_statuses and r.restarts > previous.replica_statuses[role].restarts
+        for role, r in status.replica_statuses.items()
+    )
     all_up = not b.plan.create and all(
         by_key[(role, i)].phase in ("Running", "Succeeded")
         for role, replica_spec in spec.replica_specs.items()
         for i in range(replica_spec.replicas)
         if (role, i) in by_key
     )
-    if all_up and not deleting and not in_place:
+    if all_up and not replacing and not restarted:
         b.set_condition("Running", True, "AllReplicasRunning", "every replica is running")
         if status.is_true("Restarting"):
             b.set_condition("Restarting", False, "AllReplicasRunning", "every replica is running again")
     elif status.is_true("Restarting"):
         b.set_condition("Running", False, "Restarting", "replicas are being restarted")
-    status.state = _state(status)
-    return b.plan
 
 
 def fail_invalid_spec(
