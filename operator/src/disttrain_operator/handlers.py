@@ -2,7 +2,10 @@
 
 Every path (job created/updated/resumed, any event on one of its pods, a wake-up) ends in
 `reconcile_job`, which is level-triggered: it reads the job as stored now and all of its pods from an
-in-memory index (no API list per event), asks `lifecycle.reconcile` for a Plan and applies it.
+in-memory index (no API list per event), asks `lifecycle.reconcile` for a Plan and applies it. Before any create
+or delete, and at every resync, a fresh list checks the index (a watch gap can leave it stale); deletes carry
+the pod's UID and the status patch the job's resourceVersion, so no decision acts on a stale view. Refused
+creations back off per job (backoff.py); with --leader-elect only the Lease holder runs (leader.py).
 Deadlines and TTLs are enforced by an operator-wide wake-up loop, not by waiting for the next event. A per-job
 lock serializes reconciles and a "queued" mark coalesces bursts of pod events into one pass.
 
