@@ -20,9 +20,14 @@ def _type_of(node: dict[str, Any]) -> str:
     return kind
 
 
+INTERNAL = "Internal bookkeeping"  # how api.py begins the description of status fields users need not read
+
+
 def _rows(node: dict[str, Any], path: str, required: set[str]) -> list[str]:
     rows = []
     for name, child in node.get("properties", {}).items():
+        if child.get("description", "").startswith(INTERNAL):
+            continue  # the operator's own memory: in the object, not in the reference
         field = f"{path}.{name}"
         default = f"`{child['default']}`" if "default" in child else ("required" if name in required else "")
         description = child.get("description", "").replace("|", "\\|")
@@ -57,6 +62,7 @@ def api_reference() -> str:
     status = schema["properties"]["status"]
     rules = [
         *schema["x-kubernetes-validations"],
+        *spec["x-kubernetes-validations"],
         *spec["properties"]["replicaSpecs"]["x-kubernetes-validations"],
     ]
     lines = [
@@ -76,6 +82,9 @@ def api_reference() -> str:
         "",
         *header,
         *_rows(status, "status", set()),
+        "",
+        "The status also keeps the operator's own bookkeeping (restarts of pods gone, pod UIDs already counted);",
+        "it is not part of the API and may change.",
         "",
         "## Checked by the API server at `kubectl apply` (CEL)",
         "",
