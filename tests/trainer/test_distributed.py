@@ -37,6 +37,15 @@ def wait_for_line(path: Path, prefix: str, timeout: float) -> str:
     raise AssertionError(f"no line starting with {prefix!r} in {path} after {timeout}s")
 
 
+def event_steps(log_dir: Path, tag: str) -> list[int]:
+    """The steps at which a tag was written, read back with TensorBoard's own reader."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(log_dir), size_guidance={"tensors": 0})
+    accumulator.Reload()
+    return [event.step for event in accumulator.Tensors(tag)]
+
+
 def event_tags(log_dir: Path) -> set[str]:
     """Every TF2 summary tag in a TensorBoard run folder, read back with TensorBoard's own reader."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -114,6 +123,10 @@ def test_outputs_event_tags_checkpoints_export(ps_run: tuple[LocalCluster, Path,
     train_tags = event_tags(out / "logs" / "train")
     expected = {"loss", "accuracy", "learning_rate", "examples_per_sec", "heldout_accuracy", "predictions", "hparams"}
     assert expected <= train_tags
+    # the held-out curve has a point at each checkpoint, not only at the end (README: "at each checkpoint")
+    saved = sorted(int(p.name.split("-")[1].split(".")[0]) for p in (out / "checkpoints").glob("ckpt-*.index"))
+    assert len(saved) == 3 and saved[-1] == PS_STEPS  # every 200 steps (in whole dispatches) and at the end
+    assert event_steps(out / "logs" / "train", "heldout_accuracy") == saved
     assert {"heldout_accuracy", "heldout_loss"} <= event_tags(out / "logs" / "eval")
     assert (out / "checkpoints" / "checkpoint").is_file()
     assert (out / "model" / "saved_model" / "saved_model.pb").is_file()

@@ -382,6 +382,14 @@ def test_a_running_sidecar_does_not_hide_the_trainers_end(policy: str, code: int
     assert not seen.active or phase == "Running"
 
 
+def test_a_trainer_that_ended_in_a_pod_without_sidecars_waits_for_the_kubelets_phase() -> None:
+    # a real kubelet reports the container terminated a moment before the pod's phase: that is no sidecar
+    pod = pod_with_status({"phase": "Running", "containerStatuses": [trainer_status({"terminated": {"exitCode": 0}})]})
+    pod["spec"]["restartPolicy"] = "Never"
+    seen = observe_pod(pod)
+    assert seen.phase == "Running" and not seen.sidecars_running  # (make e2e caught the finished pods deleted)
+
+
 def test_observe_deleting_and_unknown_phase() -> None:
     seen = observe_pod(pod_with_status({"phase": "Unknown"}, deletionTimestamp="2026-01-01T00:00:00Z"))
     assert seen.deleting and seen.phase == "Unknown" and not seen.active

@@ -27,6 +27,9 @@ def trainer_outcome(pod: Obj, trainer: Obj) -> str | None:
     ended = (trainer.get("state") or {}).get("terminated")
     if not ended or "exitCode" not in ended:
         return None
+    statuses = (pod.get("status") or {}).get("containerStatuses") or []
+    if not any(s.get("name") != TRAINER_CONTAINER and "running" in (s.get("state") or {}) for s in statuses):
+        return None  # no sidecar runs: the kubelet is about to set the pod's phase itself (a real kubelet lags)
     code, policy = ended["exitCode"], (pod.get("spec") or {}).get("restartPolicy", "Always")
     if policy == "Never" or (policy == "OnFailure" and code == 0):
         return "Succeeded" if code == 0 else "Failed"

@@ -107,6 +107,9 @@ def train(
             emit(progress_line(step, max_steps, last[0], last[1], speed))
         if budget.checkpoint_every and (step // budget.checkpoint_every > previous // budget.checkpoint_every):
             manager.save(checkpoint_number=step, options=options)
+            if is_chief and step < max_steps:  # the held-out curve, a point per checkpoint (the last comes at the end)
+                heldout = evaluate(local_copy(runner.model), data)
+                summaries.scalars(step, {"heldout_accuracy": heldout.accuracy, "heldout_loss": heldout.loss})
     if clock.chunks:  # a chief resumed at max_steps has nothing new to save
         manager.save(checkpoint_number=step, options=options)
     if not is_chief:
