@@ -262,6 +262,11 @@ async def job_changed(namespace: str, name: str, memo: kopf.Memo, job_pods: kopf
 # ---------------------------------------------------------------- the one reconcile
 
 
+def job_key(job: Obj) -> JobKey:
+    """(namespace, name) of a job object: the key of its lock, index entries and per-job memory."""
+    return job["metadata"]["namespace"], job["metadata"]["name"]
+
+
 def observed_pods(job_pods: kopf.Index, key: JobKey, uid: str) -> list[ReplicaObservation]:
     """The job's pods from the index: only those this very job (by UID) controls."""
     entries: Iterable[tuple[str | None, ReplicaObservation]] = job_pods.get(key, [])
@@ -340,7 +345,7 @@ async def plan_pass(
     create or delete and at least every RESYNC_SECONDS: after a watch gap (410, a restarted API server) the
     index may still hold pods that are gone, and nothing would recreate them."""
     meta = job["metadata"]
-    key = (meta["namespace"], meta["name"])
+    key = job_key(job)
     previous = DistTrainJobStatus.model_validate(job.get("status") or {})
 
     def decide(pods: list[ReplicaObservation]) -> Plan:
@@ -387,8 +392,7 @@ async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -
             metrics.PODS_CREATED.inc()
         elif isinstance(result, ForeignObjectError):
             taken.add(child["metadata"]["name"])
-            key = (job["metadata"]["namespace"], job["metadata"]["name"])
-            if state.first_report(key, uid, child["metadata"]["name"]):  # retried on every pass; reported once
+            if state.first_report(job_key(job), uid, child["metadata"]["name"]):  # retried on every pass; reported once
                 await state.kube.post_event(job, "Warning", "NameTaken", str(result))
                 metrics.JOB_EVENTS.labels("NameTaken").inc()
         elif isinstance(result, RefusedCreateError):
@@ -415,7 +419,7 @@ async def create_pods(state: OperatorState, job: Obj, pods: list[Obj]) -> list[s
 async def report_refused_creates(state: OperatorState, job: Obj, refused: list[str]) -> None:
     """Backs the job's creations off, posts a FailedCreate Warning quoting the API server (once per distinct cause
     and job), and ends the pass as failed (the retry comes when the backoff ends)."""
-    key = (job["metadata"]["namespace"], job["metadata"]["name"])
+    key = job_key(job)
     delay = state.gate(key).refused(asyncio.get_running_loop().time(), why=refused[0])
     cause = f"{refused[0]} (creating again in {delay:.0f}s)"
     same_cause = re.sub(r'"[^"]*"', '""', refused[0].split(": ", 1)[-1])  # whichever pod it was
@@ -472,7 +476,7 @@ async def create_job_children(
     """The Service, NetworkPolicy and task Services first, then the pods: slow start, no POST of a pod created
     moments ago (not yet seen), none at all while the job's creations back off after a refusal."""
     meta = job["metadata"]
-    key, now = (meta["namespace"], meta["name"]), asyncio.get_running_loop().time()
+    key, now = job_key(job), asyncio.get_running_loop().time()
     gate = state.gate(key)
     if not gate.open(now):
         return  # the pass's schedule looks again when the backoff ends
