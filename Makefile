@@ -44,10 +44,10 @@ e2e-down: venv ## Stop the e2e cluster and restore the host (also after a crash)
 	$(PY) hack/e2e.py down
 
 cluster-up: venv control-plane ## Start the local control plane in the background; prints `export KUBECONFIG=...`
-	@$(PY) hack/controlplane.py up
+	@PYTHONPATH=hack $(PY) -m controlplane up
 
 cluster-down: venv ## Stop every process cluster-up started
-	@$(PY) hack/controlplane.py down
+	@PYTHONPATH=hack $(PY) -m controlplane down
 
 crd: venv ## Print the generated CustomResourceDefinition
 	@$(VENV)/bin/disttrain crd

@@ -200,7 +200,7 @@ class Cluster:
 
 
 class LocalNodeCluster(Cluster):
-    """The control plane of hack/controlplane.py + one real node of hack/node.py, on this machine."""
+    """The control plane of hack/controlplane + one real node of hack/node.py, on this machine."""
 
     def __init__(self, root: Path = E2E_DIR, detach: bool = False):
         """`detach`: the processes outlive this Python process (`e2e.py up`); `down` finds them by their state."""

@@ -2,7 +2,7 @@
 """A real Kubernetes node on this machine: containerd (CRI) + CNI bridge + kubelet + kube-proxy + CoreDNS.
 
 The pattern of Kubernetes' own ``hack/local-up-cluster.sh``: node components as local processes, next to
-the control plane of ``hack/controlplane.py`` started with ``node_ip=NODE_IP``. Every setting this machine
+the control plane of ``hack/controlplane`` started with ``node_ip=NODE_IP``. Every setting this machine
 kind needs is written here, not discovered at run time (see docs/e2e.md):
 
 * containerd is our own (config, root, state, sockets under the work folder), with
@@ -289,7 +289,7 @@ def processes_matching(text: str) -> dict[str, int]:
     """PIDs whose command line contains `text` (e.g. containerd shims of our socket)."""
     found = {}
     for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and text in controlplane._pid_cmdline(int(proc.name)):
+        if proc.name.isdigit() and text in controlplane.pid_cmdline(int(proc.name)):
             found[f"pid-{proc.name}"] = int(proc.name)
     return found
 
@@ -369,11 +369,11 @@ class RealNode:
         controlplane.issue_cert(pki, "kube-proxy", "system:kube-proxy")
         for identity in ("kubelet", "kube-proxy", "admin"):
             (self.workdir / f"{identity}.kubeconfig").write_text(
-                controlplane._kubeconfig_yaml(self.cp.server, pki, identity)
+                controlplane.kubeconfig_yaml(self.cp.server, pki, identity)
             )
         cgroups_up()
         (self.workdir / "resolv.conf").write_text(f"nameserver {NODE_IP}\n")  # pods' DNS; nothing upstream
-        ports = {name: controlplane._free_port() for name in ("kubelet", "proxy-health", "proxy-metrics", "dns-health")}
+        ports = {name: controlplane.free_port() for name in ("kubelet", "proxy-health", "proxy-metrics", "dns-health")}
         (self.workdir / "kubelet.yaml").write_text(json.dumps(kubelet_config(self.workdir, ports["kubelet"]), indent=2))
         self._spawn("kubelet", self._kubelet_args())
         self._spawn("kube-proxy", self._proxy_args(ports))
@@ -450,7 +450,7 @@ class RealNode:
         def check() -> bool:
             for name, proc in self.procs.items():
                 if proc.poll() is not None:
-                    tail = "\n".join(controlplane._tail(self.log_dir / f"{name}.log", 20))
+                    tail = "\n".join(controlplane.tail(self.log_dir / f"{name}.log", 20))
                     raise NodeError(f"{name} exited with code {proc.returncode} while waiting for {what}:\n{tail}")
             with contextlib.suppress(OSError, ControlPlaneError):
                 return bool(ready())
@@ -471,7 +471,7 @@ class RealNode:
         for name in ("containerd", "kubelet", "kube-proxy", "coredns"):
             path = self.log_dir / f"{name}.log"
             if path.exists():
-                out += [f"----- {path} (last {lines} lines) -----", *controlplane._tail(path, lines)]
+                out += [f"----- {path} (last {lines} lines) -----", *controlplane.tail(path, lines)]
         return "\n".join(out)
 
 

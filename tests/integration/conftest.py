@@ -1,4 +1,4 @@
-"""Fixtures for tests against the real local control plane (hack/controlplane.py).
+"""Fixtures for tests against the real local control plane (hack/controlplane/).
 
 Mark such tests ``@pytest.mark.cluster``. Fixtures:
 
