@@ -50,7 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export-dir", default=None, help="default OUTPUT/model")
     p.add_argument("--checkpoint-every", type=int, default=200, help="steps between checkpoints (0: only at end)")
     p.add_argument("--log-every", type=int, default=50, help="steps between progress lines")
-    p.add_argument("--mixed-precision", action="store_true", help="float16 on GPU, bfloat16 on CPU")
+    p.add_argument(
+        "--mixed-precision",
+        action="store_true",
+        help="float16 on GPUs (dynamic loss scaling), bfloat16 on CPUs: from the devices of the replicas that compute",
+    )
     p.add_argument("--startup-timeout", type=float, default=300.0, help="seconds to wait for peers")
     p.add_argument(
         "--chief-grace",
@@ -114,7 +118,7 @@ def run(args: argparse.Namespace, config: ClusterConfig | None) -> int:
         choose_strategy("parameter-server", config)  # a clear error when the cluster has no chief
         return serve(config, threads, args.chief_grace, args.startup_timeout + args.chief_grace)
     kind = "evaluator" if role == "evaluator" else choose_strategy(args.strategy, config)
-    _configure_tensorflow(threads, args.mixed_precision)
+    _configure_tensorflow(threads)
     from .data import load_mnist
 
     data = load_mnist(args.data_dir, args.synthetic)
@@ -124,8 +128,7 @@ def run(args: argparse.Namespace, config: ClusterConfig | None) -> int:
     return _train(args, config, kind, data)
 
 
-def _configure_tensorflow(threads: int, mixed_precision: bool) -> None:
-    import keras
+def _configure_tensorflow(threads: int) -> None:
     import tensorflow as tf
 
     tf.config.threading.set_intra_op_parallelism_threads(threads)
@@ -133,8 +136,6 @@ def _configure_tensorflow(threads: int, mixed_precision: bool) -> None:
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:  # take memory as needed: local mode may put several replicas on one card
         tf.config.experimental.set_memory_growth(gpu, True)
-    if mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_float16" if gpus else "mixed_bfloat16")
 
 
 def _paths(args: argparse.Namespace) -> OutputPaths:
@@ -144,12 +145,10 @@ def _paths(args: argparse.Namespace) -> OutputPaths:
 
 
 def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, data: Mnist) -> int:
-    import keras
-
     from .cluster import peers_to_wait_for, wait_for_peers
     from .reporting import emit, write_termination_message
     from .servers import send_shutdown
-    from .strategies import STATIC_LOSS_SCALE, HParams
+    from .strategies import HParams
     from .training import Budget, train
 
     if config is not None:
@@ -158,13 +157,12 @@ def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, da
             peers_to_wait_for(config, kind), args.startup_timeout, connect=kind == "parameter-server"
         )
         log.info("all peers reachable after %.1fs", waited)
-    float16 = keras.mixed_precision.global_policy().name == "mixed_float16"
     hp = HParams(
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
         optimizer=args.optimizer,
         seed=args.seed,
-        loss_scale=STATIC_LOSS_SCALE if float16 else 1.0,
+        mixed_precision=args.mixed_precision,  # the runner picks the precision from the computing replicas
         steps_per_dispatch=args.steps_per_dispatch,
     )
     max_steps = args.max_steps if args.max_steps or args.epochs else DEFAULT_STEPS

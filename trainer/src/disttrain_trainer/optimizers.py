@@ -55,17 +55,36 @@ class ShardedOptimizer(tf.Module):
                         )
                     )
 
-    def apply(self, grads: Sequence[tf.Tensor], variables: Sequence[tf.Variable]) -> tf.Tensor:
-        """Apply one update per (gradient, variable shard) pair (slots matched by position); return the step."""
-        step = self.iterations.assign_add(1)
+    def apply(
+        self,
+        grads: Sequence[tf.Tensor | None],
+        variables: Sequence[tf.Variable],
+        loss_scale: DynamicLossScale | None = None,
+    ) -> tf.Tensor:
+        """Apply one update per (gradient, variable shard) pair (slots matched by position); return the step.
+        With `loss_scale`, a step whose gradients are not all finite changes no variable and no slot."""
+        step = self.iterations.assign_add(1)  # a skipped step counts too, so the step budget always ends
         count = tf.cast(step, tf.float32)
+        if loss_scale is None:
+            self._apply_all(grads, variables, count)
+            return step
+
+        def update() -> tf.Tensor:
+            self._apply_all(grads, variables, count)
+            return tf.constant(True)
+
+        # Only the per-shard kernels sit inside the cond: they touch each replica's own copy, whereas an assign
+        # to a mirrored variable would need a merge_call, which cannot run inside a branch.
+        tf.cond(loss_scale.update(grads), update, lambda: tf.constant(False))
+        return step
+
+    def _apply_all(self, grads: Sequence[tf.Tensor | None], variables: Sequence[tf.Variable], count: tf.Tensor) -> None:
         lr = tf.constant(self.learning_rate)
         for index, (grad, var) in enumerate(zip(grads, variables, strict=True)):
             if grad is None:
                 continue
             slots = {name: slots[index] for name, slots in self.slots.items()}
             self._apply_dense(tf.convert_to_tensor(grad), var, slots, tf.cast(lr, var.dtype), count)
-        return step
 
     def _apply_dense(
         self, grad: tf.Tensor, var: tf.Variable, slots: dict[str, tf.Variable], lr: tf.Tensor, step: tf.Tensor
@@ -139,6 +158,31 @@ class Adam(ShardedOptimizer):
             grad=grad,
             use_locking=False,
         )
+
+
+class DynamicLossScale(tf.Module):
+    """float16 loss scaling, as Keras' LossScaleOptimizer does it (which wraps Keras optimizers only): the loss is
+    multiplied by `scale` and the gradients divided by it; a step with any non-finite gradient is skipped and
+    halves the scale (an overflow would otherwise put inf into the Adagrad accumulators for good);
+    `growth_steps` finite steps in a row double it."""
+
+    def __init__(self, initial: float = 2.0**15, growth_steps: int = 2000) -> None:
+        super().__init__(name="loss_scale")
+        self.growth_steps = growth_steps
+        first = tf.VariableAggregation.ONLY_FIRST_REPLICA  # every replica decides alike (all-reduced gradients)
+        self.scale = tf.Variable(initial, dtype=tf.float32, trainable=False, name="scale", aggregation=first)
+        self.finite_steps = tf.Variable(0, dtype=tf.int64, trainable=False, name="finite_steps", aggregation=first)
+
+    def update(self, grads: Sequence[tf.Tensor | None]) -> tf.Tensor:
+        """Whether every gradient is finite; adjusts the scale accordingly."""
+        finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None])
+        grow = tf.logical_and(finite, self.finite_steps + 1 >= self.growth_steps)
+        scale = tf.where(finite, tf.where(grow, self.scale * 2.0, self.scale), tf.maximum(self.scale / 2.0, 1.0))
+        self.finite_steps.assign(
+            tf.where(tf.logical_and(finite, tf.logical_not(grow)), self.finite_steps + 1, tf.constant(0, tf.int64))
+        )
+        self.scale.assign(scale)
+        return finite
 
 
 def make_optimizer(name: str, learning_rate: float, variables: Sequence[tf.Variable]) -> ShardedOptimizer:

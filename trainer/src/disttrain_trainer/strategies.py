@@ -7,6 +7,7 @@ n global steps and returns the per-step losses and accuracies. The driver loop i
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import keras
@@ -16,13 +17,13 @@ import tensorflow as tf
 from .cluster import ClusterConfig
 from .data import Mnist
 from .model import build_model
-from .optimizers import ShardedOptimizer, make_optimizer, variable_shards
+from .optimizers import DynamicLossScale, ShardedOptimizer, make_optimizer, variable_shards
 from .pipeline import train_dataset
 
 log = logging.getLogger(__name__)
 
 CHIEF_DEVICE = "/job:chief/replica:0/task:0/device:CPU:0"  # the parameter-server coordinator's own CPU
-STATIC_LOSS_SCALE = 1024.0  # only with float16 (GPU) mixed precision; bfloat16 needs none
+FLOAT16, BFLOAT16, FLOAT32 = "mixed_float16", "mixed_bfloat16", "float32"  # Keras dtype policies
 
 
 @dataclass(frozen=True)
@@ -33,8 +34,29 @@ class HParams:
     learning_rate: float
     optimizer: str
     seed: int = 0
-    loss_scale: float = 1.0
+    mixed_precision: bool = False
     steps_per_dispatch: int = 1
+
+
+def device_types_by_task(device_names: Iterable[str], job: str) -> dict[int, set[str]]:
+    """Device types ('CPU', 'GPU') per task of `job`, from full names such as
+    '/job:worker/replica:0/task:1/device:GPU:0'."""
+    found: dict[int, set[str]] = {}
+    for name in device_names:
+        spec = tf.DeviceSpec.from_string(name)
+        if spec.job == job and spec.device_type:
+            found.setdefault(spec.task or 0, set()).add(spec.device_type)
+    return found
+
+
+def mixed_precision_policy(replicas: Iterable[Collection[str]]) -> str:
+    """The mixed-precision policy for replicas with these device types: float16 (with dynamic loss scaling)
+    when every replica computes on a GPU, bfloat16 when none does, float32 for a mix (one traced step serves
+    every parameter-server worker, and neither half precision suits both kinds of device)."""
+    has_gpu = [("GPU" in devices) for devices in replicas]
+    if has_gpu and all(has_gpu):
+        return FLOAT16
+    return FLOAT32 if any(has_gpu) else BFLOAT16
 
 
 class Runner:
@@ -48,10 +70,19 @@ class Runner:
         self.data = data
         self.replicas = replicas
         self.global_batch = hp.batch_size * replicas
+        self.precision = mixed_precision_policy(self.replica_device_types()) if hp.mixed_precision else FLOAT32
+        if hp.mixed_precision:
+            log.info("mixed precision: %s, from the devices of the replicas that compute", self.precision)
+        keras.mixed_precision.set_global_policy(self.precision)  # before the model: layers take it when built
         with strategy.scope():
             self.model: keras.Model = build_model()
             self.variables = variable_shards(self.model)
             self.optimizer: ShardedOptimizer = make_optimizer(hp.optimizer, hp.learning_rate, self.variables)
+            self.loss_scale = DynamicLossScale() if self.precision == FLOAT16 else None
+
+    def replica_device_types(self) -> list[set[str]]:
+        """Device types of each replica that runs steps; here this process, which computes its own."""
+        return [{device.device_type for device in tf.config.list_physical_devices()}]
 
     @property
     def examples_per_step(self) -> int:
@@ -64,13 +95,13 @@ class Runner:
             probs = self.model(images, training=True)
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
             loss = tf.reduce_sum(per_example) / self.global_batch
-            scaled = loss * self.hp.loss_scale
+            scaled = loss * self.loss_scale.scale if self.loss_scale else loss
         grads = tape.gradient(scaled, self.variables)
-        if self.hp.loss_scale != 1.0:
-            grads = [g / self.hp.loss_scale for g in grads]
-        if self.replicas > 1:
+        if self.loss_scale:
+            grads = [g / self.loss_scale.scale for g in grads]
+        if self.replicas > 1:  # before the finiteness check, so that every replica skips the same steps
             grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        self.optimizer.apply(grads, self.variables)
+        self.optimizer.apply(grads, self.variables, self.loss_scale)
         predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
         return tf.reduce_mean(per_example), accuracy
@@ -146,6 +177,11 @@ class ParameterServerRunner(Runner):
 
         self._iterator = iter(self.coordinator.create_per_worker_dataset(per_worker_dataset))
         self._steps_fn = tf.function(self._worker_steps)
+
+    def replica_device_types(self) -> list[set[str]]:
+        """The workers run every step, so theirs (seen through the cluster), not the chief's."""
+        by_task = device_types_by_task((d.name for d in tf.config.list_logical_devices()), "worker")
+        return list(by_task.values()) or [{"CPU"}]
 
     def checkpoint_options(self) -> tf.train.CheckpointOptions:
         """Every file of a checkpoint is written and read by the chief. Left to itself, each parameter server

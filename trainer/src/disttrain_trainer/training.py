@@ -75,7 +75,8 @@ def train(
     max_steps = budget.total_steps(len(data.x_train), runner.examples_per_step)
     if is_chief:
         paths.metrics.unlink(missing_ok=True)  # metrics.json appears only when this run has finished
-    checkpoint = checkpoint_for(runner.model, optimizer=runner.optimizer)
+    extra = {"loss_scale": runner.loss_scale} if runner.loss_scale else {}  # float16: the scale resumes too
+    checkpoint = checkpoint_for(runner.model, optimizer=runner.optimizer, **extra)
     ckpt_dir = paths.checkpoints if is_chief else Path(tempfile.mkdtemp(prefix="disttrain-ckpt-"))
     manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=3)
     options = runner.checkpoint_options()
