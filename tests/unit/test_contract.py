@@ -19,7 +19,6 @@ import pytest
 from disttrain_operator import builders, local
 from disttrain_operator.api import DistTrainJobStatus, ReplicaType, TrainingResults
 from disttrain_operator.lifecycle import (
-    PERMANENT_EXIT_CODES,
     ReplicaObservation,
     describe_failure,
     is_retryable,
@@ -28,6 +27,7 @@ from disttrain_operator.lifecycle import (
     training_results,
 )
 from disttrain_operator.policy import OPERATOR_ENV
+from disttrain_operator.restarts import PERMANENT_EXIT_CODES
 from disttrain_operator.tfconfig import cluster_spec, service_address_of, tf_config_json
 
 from .helpers import spec_from

@@ -23,6 +23,7 @@ from pydantic import (
     model_validator,
 )
 from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
 
 from .policy import (
     DEFAULT_POLICY,
@@ -219,9 +220,48 @@ class ReplicaType(StrEnum):
 
 REPLICA_TYPES: tuple[ReplicaType, ...] = tuple(ReplicaType)
 
-RestartPolicy = Literal["Never", "OnFailure", "Always", "ExitCode"]
-CleanPodPolicy = Literal["Running", "All", "None"]
-SuccessPolicy = Literal["ChiefOrWorker0", "AllWorkers"]
+
+class RestartPolicy(StrEnum):
+    """What happens when a replica's trainer exits (restarts.py says how each is carried out)."""
+
+    NEVER = "Never"
+    ON_FAILURE = "OnFailure"
+    ALWAYS = "Always"
+    EXIT_CODE = "ExitCode"
+
+
+class CleanPodPolicy(StrEnum):
+    """Which pods are deleted when the job finishes."""
+
+    RUNNING = "Running"
+    ALL = "All"
+    NONE = "None"
+
+
+class SuccessPolicy(StrEnum):
+    """Which replicas' success makes the job's."""
+
+    CHIEF_OR_WORKER0 = "ChiefOrWorker0"
+    ALL_WORKERS = "AllWorkers"
+
+
+def _enum_member(enum_type: type[StrEnum]) -> BeforeValidator:
+    """Reads a StrEnum field from its plain string value (the API is parsed strictly, and strict parsing wants a
+    member), refusing any other value in the schema's own words."""
+    values = [repr(member.value) for member in enum_type]
+    expected = f"{', '.join(values[:-1])} or {values[-1]}"
+
+    def to_member(value: Any) -> Any:
+        if isinstance(value, str) and value in enum_type._value2member_map_:
+            return enum_type(value)
+        raise PydanticCustomError("enum", "Input should be {expected}", {"expected": expected})
+
+    return BeforeValidator(to_member)
+
+
+RestartPolicyValue = Annotated[RestartPolicy, _enum_member(RestartPolicy)]
+CleanPodPolicyValue = Annotated[CleanPodPolicy, _enum_member(CleanPodPolicy)]
+SuccessPolicyValue = Annotated[SuccessPolicy, _enum_member(SuccessPolicy)]
 
 
 class Model(BaseModel):
@@ -335,7 +375,7 @@ class ReplicaSpec(Model):
     """CPU and memory requests and limits. GPUs go in `gpus`."""
     gpus: Int = Field(default=0, ge=0, le=64)
     """NVIDIA GPUs per pod: sets the nvidia.com/gpu limit and tolerates the nvidia.com/gpu taint."""
-    restart_policy: RestartPolicy = "ExitCode"
+    restart_policy: RestartPolicyValue = RestartPolicy.EXIT_CODE
     """What happens when a pod of this role fails. Never: the job fails. OnFailure/Always: the kubelet
     restarts the container in place (Always even after exit 0, so not for the replicas whose success
     ends the job). ExitCode: exit codes 1-127 are permanent (the job fails); 128 and above (signals, OOM
@@ -364,7 +404,7 @@ class ReplicaSpec(Model):
 class RunPolicy(Model):
     """Job-wide lifecycle settings."""
 
-    clean_pod_policy: CleanPodPolicy = "Running"
+    clean_pod_policy: CleanPodPolicyValue = CleanPodPolicy.RUNNING
     """Which pods to delete when the job finishes. Running (default): pods still running, such as
     parameter servers, so nothing keeps holding resources; All: every pod; None: keep all. After a
     failure, pods still running are stopped whatever the policy: nothing would end them."""
@@ -469,7 +509,7 @@ class DistTrainJobSpec(Model):
     @model_validator(mode="after")
     def _check_deciders_can_finish(self) -> DistTrainJobSpec:
         for role in self.success_deciders():
-            if getattr(self.replica_specs, role.value).restart_policy == "Always":
+            if getattr(self.replica_specs, role.value).restart_policy == RestartPolicy.ALWAYS:
                 raise ValueError(f"spec.replicaSpecs.{role.value}.restartPolicy: {always_message(role)}")
         return self
 
@@ -482,7 +522,7 @@ class DistTrainJobSpec(Model):
     def success_deciders(self) -> list[ReplicaType]:
         """The roles whose exit 0 ends the job under its success policy."""
         has_chief = self.replica_specs.count(ReplicaType.CHIEF) > 0
-        if self.success_policy == "AllWorkers":
+        if self.success_policy == SuccessPolicy.ALL_WORKERS:
             workers = [ReplicaType.WORKER] if self.replica_specs.count(ReplicaType.WORKER) else []
             return [ReplicaType.CHIEF, *workers] if has_chief else workers
         return [ReplicaType.CHIEF if has_chief else ReplicaType.WORKER]
@@ -499,7 +539,7 @@ class DistTrainJobSpec(Model):
     """The pods per TensorFlow role: chief, ps, worker, evaluator."""
     run_policy: RunPolicy = Field(default_factory=RunPolicy, json_schema_extra={"default": {}})
     """Clean-up, backoff, deadline, TTL and suspension."""
-    success_policy: SuccessPolicy = "ChiefOrWorker0"
+    success_policy: SuccessPolicyValue = SuccessPolicy.CHIEF_OR_WORKER0
     """When the job has succeeded. ChiefOrWorker0: the chief exits 0 (or worker 0 when there is no chief).
     AllWorkers: the chief (if any) and every worker exit 0."""
     storage: Storage | None = None

@@ -14,6 +14,7 @@ from typing import Any
 from .api import DistTrainJobSpec, ReplicaSpec, ReplicaType
 from .names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE, job_labels, owner_reference, replica_labels
 from .policy import TRAINER_CONTAINER
+from .restarts import RESTART_RULES
 from .tfconfig import cluster_spec, pod_name, service_address_of, tf_config_json
 
 PORT_NAME = "tf-port"
@@ -27,8 +28,6 @@ OUTPUT_DIR_ENV = "DISTTRAIN_OUTPUT_DIR"
 REDACT_ENV = "DISTTRAIN_REDACT_ENV"
 MAX_PORT = 65535
 
-# restartPolicy of the pod for each replica restartPolicy: ExitCode restarts by recreating the pod.
-POD_RESTART_POLICY = {"Never": "Never", "ExitCode": "Never", "OnFailure": "OnFailure", "Always": "Always"}
 Obj = dict[str, Any]
 
 
@@ -210,7 +209,8 @@ def build_pod(job_name: str, namespace: str, uid: str, spec: DistTrainJobSpec, r
         position = len(containers) - 1
     containers[position] = _trainer_container(containers[position], job_name, spec, replica, config)
     pod_spec["containers"] = containers
-    pod_spec.update(hostname=name, subdomain=job_name, restartPolicy=POD_RESTART_POLICY[replica.restart_policy])
+    restart_policy = RESTART_RULES[replica.restart_policy].pod_restart_policy
+    pod_spec.update(hostname=name, subdomain=job_name, restartPolicy=restart_policy)
     if replica.gpus and not any(t.get("key") == GPU_RESOURCE for t in pod_spec.get("tolerations", [])):
         pod_spec["tolerations"] = [*pod_spec.get("tolerations", []), dict(GPU_TOLERATION)]
     if spec.storage:

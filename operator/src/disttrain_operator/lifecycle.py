@@ -4,10 +4,8 @@
 mode feeds it its processes; both act on the returned `Plan`. It is level-triggered: given the same
 world it returns the same answer, so it can be called on every event, timer tick or restart.
 
-What happens when a worker exits 137? Under `ExitCode` (the default) 137 is a signal (128 + 9, e.g.
-OOM kill), so the pod is deleted to be recreated and one restart counts against backoffLimit; under
-`Never` the job fails with reason PodFailed; under `OnFailure`/`Always` the kubelet restarts it in
-place and the container's restart count is what counts.
+What a failed pod means under each restartPolicy is restarts.py's table; under `OnFailure`/`Always` the
+container's restart count is what counts against backoffLimit.
 """
 
 from __future__ import annotations
@@ -17,20 +15,23 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
-from .api import Condition as ConditionModel
 from .api import (
+    CleanPodPolicy,
     ConditionType,
     DistTrainJobSpec,
     DistTrainJobStatus,
     JobState,
     ReplicaStatus,
     ReplicaType,
+    RestartPolicy,
+    SuccessPolicy,
     TrainingResults,
 )
+from .api import Condition as ConditionModel
+from .restarts import RESTART_RULES
 
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 EventType = Literal["Normal", "Warning"]
-PERMANENT_EXIT_CODES = range(1, 128)
 MESSAGE_EXCERPT_CHARS = 500
 
 
@@ -101,15 +102,9 @@ def parse_time(text: str) -> datetime:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
-def is_retryable(policy: str, observation: ReplicaObservation) -> bool:
-    """Whether a failed pod is recreated (True) or fails the job (False)."""
-    if policy == "Never":
-        return False
-    if policy == "ExitCode":
-        return observation.exit_code is None or observation.exit_code not in PERMANENT_EXIT_CODES
-    # OnFailure/Always restart the container in place; a pod that still ends Failed was evicted or
-    # lost its node, and only a new pod can run it again.
-    return True
+def is_retryable(policy: RestartPolicy, observation: ReplicaObservation) -> bool:
+    """Whether a failed pod is recreated (True) or fails the job (False), by restarts.py's table."""
+    return RESTART_RULES[RestartPolicy(policy)].recreate_failed_pod(observation.exit_code)
 
 
 def describe_failure(observation: ReplicaObservation, with_last_line: bool = False) -> str:
@@ -214,32 +209,46 @@ def _replica_statuses(
     return statuses
 
 
+@dataclass(frozen=True)
+class SuccessRule:
+    """What the job's success policy asks: the replicas that must succeed, in words, and who reports."""
+
+    must_succeed: list[tuple[ReplicaType, int]]
+    who: str
+    reporter: tuple[ReplicaType, int]
+
+
+def success_rule(spec: DistTrainJobSpec) -> SuccessRule:
+    """The one home of "who decides and who reports": the chief, else worker 0, reports the results; under
+    ChiefOrWorker0 its success is the job's, under AllWorkers every worker (and the chief, if any) must succeed."""
+    has_chief = spec.replica_specs.count(ReplicaType.CHIEF) > 0
+    reporter = (ReplicaType.CHIEF if has_chief else ReplicaType.WORKER), 0
+    if spec.success_policy == SuccessPolicy.ALL_WORKERS:
+        workers = [(ReplicaType.WORKER, i) for i in range(spec.replica_specs.count(ReplicaType.WORKER))]
+        return SuccessRule([*([reporter] if has_chief else []), *workers], "every worker", reporter)
+    return SuccessRule([reporter], "the chief" if has_chief else "worker 0", reporter)
+
+
 def reporting_replica(spec: DistTrainJobSpec) -> tuple[ReplicaType, int]:
     """The replica that coordinates and reports the job's results: the chief, else worker 0."""
-    return (ReplicaType.CHIEF if spec.replica_specs.count(ReplicaType.CHIEF) else ReplicaType.WORKER), 0
+    return success_rule(spec).reporter
 
 
 def _succeeded(
-    spec: DistTrainJobSpec, by_key: dict[tuple[ReplicaType, int], ReplicaObservation], status: DistTrainJobStatus
+    rule: SuccessRule, by_key: dict[tuple[ReplicaType, int], ReplicaObservation], status: DistTrainJobStatus
 ) -> bool:
     def done(role: ReplicaType, index: int) -> bool:
         found = by_key.get((role, index))
         return (found is not None and found.phase == "Succeeded") or _is_completed(status, role, index)
 
-    if spec.success_policy == "AllWorkers":
-        has_chief = spec.replica_specs.count(ReplicaType.CHIEF) > 0
-        workers = spec.replica_specs.count(ReplicaType.WORKER)
-        return (not has_chief or done(ReplicaType.CHIEF, 0)) and all(
-            done(ReplicaType.WORKER, i) for i in range(workers)
-        )
-    return done(*reporting_replica(spec))
+    return all(done(role, index) for role, index in rule.must_succeed)
 
 
-def cleanup_targets(policy: str, observed: list[ReplicaObservation]) -> list[tuple[ReplicaType, int]]:
+def cleanup_targets(policy: CleanPodPolicy, observed: list[ReplicaObservation]) -> list[tuple[ReplicaType, int]]:
     """Pods that cleanPodPolicy removes once the job has finished."""
-    if policy == "None":
+    if policy == CleanPodPolicy.NONE:
         return []
-    keep_finished = policy == "Running"
+    keep_finished = policy == CleanPodPolicy.RUNNING
     return [
         (o.role, o.index)
         for o in observed
@@ -447,15 +456,11 @@ def _success(
 ) -> Plan | None:
     """The success policy decides first: what else failed in the same pass does not change the outcome, and a
     pod that will never be recreated is not counted as a restart."""
-    if not _succeeded(spec, by_key, b.status):
+    rule = success_rule(spec)
+    if not _succeeded(rule, by_key, b.status):
         return None
-    who = (
-        "every worker"
-        if spec.success_policy == "AllWorkers"
-        else ("the chief" if spec.replica_specs.count(ReplicaType.CHIEF) else "worker 0")
-    )
-    b.finish(True, "JobSucceeded", f"{who} completed successfully")
-    b.status.results = training_results(by_key.get(reporting_replica(spec)))
+    b.finish(True, "JobSucceeded", f"{rule.who} completed successfully")
+    b.status.results = training_results(by_key.get(rule.reporter))
     return _after_finish(b, spec, observed)
 
 

@@ -34,6 +34,7 @@ from . import api, lifecycle, tfconfig
 from .api import DistTrainJobSpec, ReplicaType
 from .kubeyaml import KubectlYamlLoader
 from .lifecycle import SELF_EXIT_GRACE_SECONDS, ReplicaObservation
+from .restarts import RESTART_RULES
 
 POLL_SECONDS = 0.5
 RESTART_DELAY_SECONDS = 1.0
@@ -108,7 +109,7 @@ class LocalReplica:
     index: int
     argv: list[str]
     env: dict[str, str]
-    restart_policy: str
+    restart_policy: api.RestartPolicy
     process: subprocess.Popen[str] | None = None
     attempt: int = 0
     restarts: int = 0
@@ -232,9 +233,7 @@ class LocalJob:
             return
         replica.exit_code = exit_code_of(replica.process.returncode)
         self._sweep(replica)
-        in_place = replica.restart_policy == "Always" or (
-            replica.restart_policy == "OnFailure" and replica.exit_code != 0
-        )
+        in_place = RESTART_RULES[replica.restart_policy].restart_in_place(replica.exit_code)
         if in_place and not self.status.finished and self.stop_signal is None:
             replica.restart_at = now + RESTART_DELAY_SECONDS
 
