@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export MNIST_DIR ?= $(if $(wildcard ../shared/data/mnist),$(abspath ../shared/data/mnist),)
 
-.PHONY: help venv demo test test-unit lint control-plane node-binaries e2e e2e-up e2e-down cluster-up cluster-down crd crd-files api-docs bench kind-e2e clean
+.PHONY: help venv demo test test-unit lint control-plane node-binaries test-chaos e2e e2e-up e2e-down cluster-up cluster-down crd crd-files api-docs bench bench-operator kind-e2e clean
 
 help: ## List the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*?## "}{printf "  %-16s %s\n", $$1, $$2}'
@@ -22,6 +22,9 @@ test: venv control-plane ## Every test: unit, real control plane, multi-process 
 
 test-unit: venv ## Fast tests only (no control plane, no TensorFlow clusters)
 	$(PY) -m pytest tests/unit
+
+test-chaos: venv control-plane ## Chaos: 50 jobs while operators are SIGKILLed, doubled, cut off (DISTTRAIN_CHAOS_SEED replays)
+	$(PY) -m pytest -m chaos -s -v tests/chaos
 
 lint: venv ## ruff
 	$(PY) -m ruff check .
@@ -65,6 +68,9 @@ api-docs: venv ## Regenerate docs/api.md from the API models
 
 bench: venv ## Benchmarks (JSON and PNG under bench/results/)
 	$(PY) bench/trainer.py
+
+bench-operator: venv control-plane ## Operator vs a raw client on the local control plane (bench/results/operator.*; ARGS=--quick)
+	$(PY) bench/operator.py $(ARGS)
 
 kind-e2e: venv ## The e2e tests of `make e2e` on a kind cluster instead (needs docker, kind, kubectl, helm)
 	@bash hack/kind-e2e.sh
