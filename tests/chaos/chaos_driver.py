@@ -1,0 +1,163 @@
+"""Plays each job's script against the cluster (kwok ends a pod once the test annotates it), one step at a time,
+and judges the end: the outcome and restarts the pods imply, duplicate and missing pods, stuck jobs."""
+
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, field
+
+from chaos_harness import JobLedger, PodLedger, PodRecord
+from chaos_scenarios import JobPlan, Step, retryable
+from controlplane import ANNOTATION_COMPLETE, ANNOTATION_FAIL_EXIT_CODE
+from kubernetes import client
+from kubernetes.client import ApiException
+
+MERGE_PATCH = "application/merge-patch+json"
+STUCK_SECONDS = 240.0  # no progress for this long: the job is stuck
+
+
+@dataclass
+class Run:
+    """Where one job's script stands."""
+
+    plan: JobPlan
+    step: int = 0
+    started: bool = False  # every replica ran (driven jobs only)
+    awaiting: str | None = None  # the failed pod's UID whose replacement the next step waits for
+    progress_at: float = field(default_factory=time.monotonic)
+    ended_early: str | None = None
+
+    def waiting_for(self) -> str:
+        if not self.started:
+            return "every replica Running"
+        if self.awaiting:
+            step = self.plan.steps[self.step]
+            return f"a new pod for {step.role}-{step.index} after {self.awaiting} failed"
+        if self.step < len(self.plan.steps):
+            step = self.plan.steps[self.step]
+            return f"{step.role}-{step.index} Running to exit {step.code}"
+        return f"the terminal condition {self.plan.expect}"
+
+
+class Driver:
+    """Advances every job's script on each `tick`, from what the ledgers saw (no API reads of its own)."""
+
+    def __init__(self, api: client.ApiClient, namespace: str, pods: PodLedger, jobs: JobLedger) -> None:
+        self.core = client.CoreV1Api(api)
+        self.namespace, self.pods, self.jobs = namespace, pods, jobs
+        self.runs: dict[str, Run] = {}
+        self.patches = 0
+
+    def add(self, plan: JobPlan) -> None:
+        self.runs[plan.name] = Run(plan, started=not plan.driven)
+
+    def unfinished(self) -> list[str]:
+        return [name for name in self.runs if self.jobs.outcome(name) is None]
+
+    def tick(self) -> None:
+        for run in self.runs.values():
+            before = (run.step, run.started, run.awaiting)
+            self._advance(run)
+            if (run.step, run.started, run.awaiting) != before:
+                run.progress_at = time.monotonic()
+
+    def _advance(self, run: Run) -> None:
+        plan = run.plan
+        if self.jobs.outcome(plan.name) is not None:
+            if run.step < len(plan.steps) and run.ended_early is None:
+                run.ended_early = f"ended with steps left ({run.waiting_for()})"
+            return
+        if not run.started:
+            replicas = [(plan.name, role, i) for role, count in plan.counts.items() for i in range(count)]
+            run.started = all(self.pods.running(r) for r in replicas)
+            return
+        if run.step >= len(plan.steps):
+            return
+        step = plan.steps[run.step]
+        pod = self.pods.running((plan.name, step.role, step.index))
+        if run.awaiting:
+            if pod is not None and pod.uid != run.awaiting:
+                run.step, run.awaiting = run.step + 1, None
+            return
+        if pod is not None and self._end(pod, step):
+            run.awaiting = pod.uid if step.replaced else None
+            run.step += 0 if step.replaced else 1
+
+    def _end(self, pod: PodRecord, step: Step) -> bool:
+        """Annotates the pod (only while it is still that UID) so that kwok ends it with the step's exit code."""
+        annotation = {ANNOTATION_COMPLETE: "true"} if step.code == 0 else {ANNOTATION_FAIL_EXIT_CODE: str(step.code)}
+        name = f"{pod.replica[0]}-{step.role}-{step.index}"
+        body = {"metadata": {"uid": pod.uid, "annotations": annotation}}
+        try:
+            self.core.patch_namespaced_pod(name, self.namespace, body, _content_type=MERGE_PATCH, _request_timeout=10)
+        except (ApiException, OSError, Exception):  # gone, replaced, or the API server away: try again next tick
+            return False
+        self.patches += 1
+        return True
+
+    def stuck(self) -> list[str]:
+        """Unfinished jobs that made no progress for STUCK_SECONDS, with what they wait for."""
+        now = time.monotonic()
+        return [f"{name}: waiting for {run.waiting_for()}" for name, run in self.runs.items()
+                if self.jobs.outcome(name) is None and now - run.progress_at > STUCK_SECONDS]
+
+
+# ---------------------------------------------------------------- judging the end
+
+
+def implied_outcome(plan: JobPlan, pods: list[PodRecord]) -> tuple[tuple[str, str] | None, int]:
+    """The terminal condition the job's pods imply, in the order they ended, and the restarts counted by then."""
+    restarts, completed = 0, set()
+    for pod in sorted((p for p in pods if p.ended is not None), key=lambda p: p.ended or 0):
+        _, role, index = pod.replica
+        if pod.phase == "Succeeded":
+            completed.add((role, index))
+            if set(plan.deciders()) <= completed:
+                return ("Succeeded", "JobSucceeded"), restarts
+        elif not retryable(plan.policies[role], pod.exit_code or 0):
+            return ("Failed", "PodFailed"), restarts
+        else:
+            restarts += 1
+            if restarts > plan.backoff_limit:
+                return ("Failed", "BackoffLimitExceeded"), restarts
+    return None, restarts
+
+
+def failed_retryable(plan: JobPlan, pods: list[PodRecord]) -> list[str]:
+    """UIDs of the job's pods that failed with an exit code their role's policy retries."""
+    return [p.uid for p in pods if p.phase == "Failed" and retryable(plan.policies[p.replica[1]], p.exit_code or 0)]
+
+
+def pod_faults(plan: JobPlan, pods: list[PodRecord]) -> tuple[list[str], list[str]]:
+    """(duplicates, missing): a replica's pod replaced though it had not failed retryably (or after the job
+    ended); a retryably failed pod never replaced though the job went on; a driven job's replica never created."""
+    duplicates, missing = [], []
+    by_replica: dict[tuple[str, int], list[PodRecord]] = {}
+    for pod in pods:
+        by_replica.setdefault(pod.replica[1:], []).append(pod)
+    decisive = _decisive_end(plan, pods)
+    for (role, index), incarnations in sorted(by_replica.items()):
+        for before, after in itertools.pairwise(incarnations):
+            if not (before.phase == "Failed" and retryable(plan.policies[role], before.exit_code or 0)):
+                duplicates.append(f"{plan.name} {role}-{index}: {after.uid} replaced {before.uid} ({before.phase})")
+        last = incarnations[-1]
+        failed = last.phase == "Failed" and retryable(plan.policies[role], last.exit_code or 0)
+        if failed and decisive is not None and (last.ended or 0) < decisive:
+            missing.append(f"{plan.name} {role}-{index}: {last.uid} failed and was never replaced")
+    if plan.driven:
+        missing += [f"{plan.name} {role}-{i}: never created" for role, count in plan.counts.items()
+                    for i in range(count) if (role, i) not in by_replica]
+    return duplicates, missing
+
+
+def _decisive_end(plan: JobPlan, pods: list[PodRecord]) -> int | None:
+    """When (ledger order) the pod that ended the job ended; None when no pod did."""
+    outcome, _ = implied_outcome(plan, pods)
+    if outcome is None:
+        return None
+    ended = sorted(p.ended for p in pods if p.ended is not None)
+    for moment in ended:
+        if implied_outcome(plan, [p for p in pods if p.ended is not None and p.ended <= moment])[0] is not None:
+            return moment
+    return None

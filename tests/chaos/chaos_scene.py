@@ -1,0 +1,136 @@
+"""One chaos run's world: the namespace's watches, the operators, the jobs created as time goes by and the driver
+of their scripts; and the verdict over all of it at the end."""
+
+from __future__ import annotations
+
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+from chaos_driver import Driver, failed_retryable, implied_outcome, pod_faults
+from chaos_harness import JobLedger, Operators, PodLedger, Watcher, log, watch_namespace
+from chaos_scenarios import JobPlan
+from controlplane import ControlPlane
+from kubernetes import client
+from kubernetes.client import ApiException
+
+from disttrain_operator.api import GROUP, PLURAL, VERSION
+
+TICK_SECONDS = 0.25
+
+
+@dataclass
+class Scene:
+    cp: ControlPlane
+    api: client.ApiClient
+    namespace: str
+    rng: random.Random
+    operators: Operators
+    pods: PodLedger
+    jobs: JobLedger
+    watchers: list[Watcher]
+    driver: Driver
+    pending: list[JobPlan] = field(default_factory=list)
+    create_every: float = 1.0
+    next_create: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def open(cls, cp: ControlPlane, api: client.ApiClient, namespace: str, rng: random.Random,
+             operators: Operators) -> Scene:
+        pods, jobs, watchers = watch_namespace(api, namespace)
+        return cls(cp, api, namespace, rng, operators, pods, jobs, watchers, Driver(api, namespace, pods, jobs))
+
+    def close(self) -> None:
+        self.operators.stop_all()
+        for watcher in self.watchers:
+            watcher.stop()
+
+    def schedule(self, plans: list[JobPlan], over_seconds: float) -> None:
+        """Creates `plans` one by one, evenly over the next `over_seconds` (the churn the operators face)."""
+        self.pending = list(plans)
+        self.create_every = over_seconds / max(len(plans), 1)
+        self.next_create = time.monotonic()
+
+    def pump(self, seconds: float) -> None:
+        """Drives the scripts and creates the jobs due for `seconds`."""
+        until = time.monotonic() + seconds
+        while True:
+            self.driver.tick()
+            if self.pending and time.monotonic() >= self.next_create and self._create(self.pending[0]):
+                self.driver.add(self.pending.pop(0))
+                self.next_create += self.create_every
+            if time.monotonic() >= until:
+                return
+            time.sleep(TICK_SECONDS)
+
+    def _create(self, plan: JobPlan) -> bool:
+        custom = client.CustomObjectsApi(self.api)
+        try:
+            custom.create_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, plan.manifest(),
+                                                   _request_timeout=10)
+        except ApiException as error:
+            return error.status == 409  # created before the connection broke
+        except Exception:  # the API server away: next tick
+            return False
+        return True
+
+    def finish(self, timeout: float) -> None:
+        """Drives until every job is created and has ended, no job is stuck, or `timeout` passed."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and (self.pending or self.driver.unfinished()):
+            if self.driver.stuck():
+                return
+            self.pump(1.0)
+
+
+@dataclass
+class Verdict:
+    problems: list[str] = field(default_factory=list)
+    figures: dict[str, object] = field(default_factory=dict)
+
+
+def judge(scene: Scene, seed: int) -> Verdict:
+    """Every job against what its pods imply; the ledgers' own findings; the run's figures."""
+    verdict = Verdict()
+    outcomes: Counter[str] = Counter()
+    incarnations = failed_total = restarts_total = 0
+    for name, run in scene.driver.runs.items():
+        plan, pods = run.plan, scene.pods.of_job(name)
+        outcome, status = scene.jobs.outcome(name), scene.jobs.status.get(name) or {}
+        implied, _ = implied_outcome(plan, pods)
+        failed = failed_retryable(plan, pods)
+        restarts = int(status.get("restarts") or 0)
+        incarnations, failed_total, restarts_total = incarnations + len(pods), failed_total + len(failed), \
+            restarts_total + restarts
+        outcomes[f"{outcome[0]}/{outcome[1]}" if outcome else "stuck"] += 1
+        where = f"{name} ({plan.kind}, {plan.counts}, {plan.policies}, backoffLimit {plan.backoff_limit})"
+        if outcome is None:
+            verdict.problems.append(f"stuck: {where}: waiting for {run.waiting_for()}; status {status}")
+            continue
+        if outcome != implied:
+            verdict.problems.append(f"outcome: {where} ended {outcome}, its pods imply {implied}")
+        if restarts != len(failed):
+            verdict.problems.append(f"restarts: {where} says {restarts}, {len(failed)} pods failed retryably")
+        if (implied, len(failed)) != (plan.expect, plan.expect_restarts):
+            verdict.problems.append(f"script: {where} meant {plan.expect} with {plan.expect_restarts} restarts, "
+                                    f"its pods imply {implied} with {len(failed)}")
+        duplicates, missing = pod_faults(plan, pods)
+        verdict.problems += [f"duplicate pod: {d}" for d in duplicates] + [f"missing pod: {m}" for m in missing]
+        if run.ended_early:
+            verdict.problems.append(f"{where}: {run.ended_early}")
+    verdict.problems += [f"duplicate pods: {d}" for d in scene.pods.duplicates]
+    verdict.problems += [f"status went back: {r}" for r in scene.jobs.regressions]
+    verdict.figures = {
+        "seed": seed, "seconds": round(time.monotonic() - scene.started), "jobs": len(scene.driver.runs),
+        "operators started": scene.operators.started, "operator SIGKILLs": scene.operators.kills,
+        "pods (UIDs)": incarnations, "pods failed retryably": failed_total, "restarts in status": restarts_total,
+        "pods annotated by the test": scene.driver.patches, "outcomes": dict(sorted(outcomes.items())),
+    }
+    log(f"figures: {verdict.figures}")
+    for problem in verdict.problems:
+        log(f"PROBLEM {problem}")
+    if verdict.problems:
+        log(f"operator logs:\n{scene.operators.tails(40)}")
+    return verdict
