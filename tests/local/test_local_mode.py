@@ -17,7 +17,8 @@ import yaml
 
 from disttrain_operator import api, local
 from disttrain_operator.api import InvalidSpecError, ReplicaType, parse_spec
-from disttrain_operator.local import format_progress, parse_progress, run_manifest
+from disttrain_operator.local import run_manifest
+from disttrain_operator.local_console import format_progress, parse_progress
 
 FAKE_TRAINER = f"{sys.executable} {Path(__file__).with_name('fake_trainer.py')}"
 

@@ -35,6 +35,10 @@ def imports(path: Path) -> set[str]:
         ("names", {"builders", "observe", "lifecycle", "kube", "handlers"}),
         ("observe", {"builders", "kube", "handlers"}),
         ("policy", {"api", "crd", "builders"}),  # the rules, written once, used by api and crd
+        ("restarts", {"builders", "lifecycle", "local", "kube", "handlers"}),  # the table they all read
+        ("invocation", {"builders", "local", "kube", "handlers"}),  # one invocation for pods and processes
+        ("local_processes", {"local", "local_console", "kube", "handlers"}),  # supervision is not rendering
+        ("local_console", {"local", "local_processes", "lifecycle", "kube", "handlers"}),
     ],
 )
 def test_each_concern_imports_only_what_it_needs(module: str, must_not_import: set[str]) -> None:

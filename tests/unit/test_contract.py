@@ -16,8 +16,8 @@ from typing import Any
 
 import pytest
 
-from disttrain_operator import builders, local
-from disttrain_operator.api import DistTrainJobStatus, ReplicaType, TrainingResults
+from disttrain_operator import builders, local, local_console
+from disttrain_operator.api import DistTrainJobStatus, ReplicaType, RestartPolicy, TrainingResults
 from disttrain_operator.lifecycle import (
     ReplicaObservation,
     describe_failure,
@@ -26,7 +26,8 @@ from disttrain_operator.lifecycle import (
     reporting_replica,
     training_results,
 )
-from disttrain_operator.policy import OPERATOR_ENV
+from disttrain_operator.local_processes import FINAL_PREFIX, LocalReplica
+from disttrain_operator.policy import OPERATOR_ENV, OUTPUT_DIR_ENV, REDACT_ENV
 from disttrain_operator.restarts import PERMANENT_EXIT_CODES
 from disttrain_operator.tfconfig import cluster_spec, service_address_of, tf_config_json
 
@@ -111,8 +112,8 @@ def test_progress_lines_parse_to_the_documented_fields() -> None:
     expected = fixture_json("progress_lines.json")
     assert len(lines) == len(expected) > 0
     for line, fields in zip(lines, expected, strict=True):
-        assert local.parse_progress(line) == fields
-        shown = local.format_progress(fields)
+        assert local_console.parse_progress(line) == fields
+        shown = local_console.format_progress(fields)
         assert shown.startswith(f"step {fields['step']} [")
         if not math.isnan(float(fields["loss"])):
             assert f"loss {float(fields['loss']):.4f}" in shown
@@ -122,9 +123,9 @@ def test_local_mode_turns_stdout_into_progress_and_results() -> None:
     """The reporting replica's stdout, as local mode reads it: progress lines are shown, the final line becomes the
     termination message and then status.results, as in a pod."""
     job, out = local_job({"chief": {}, "worker": {}, "ps": {}})
-    chief = local.LocalReplica(ReplicaType.CHIEF, 0, [], {}, "ExitCode")
+    chief = LocalReplica(ReplicaType.CHIEF, 0, [], {}, RestartPolicy.EXIT_CODE)
     stdout = fixture("progress_lines.txt") + "some log line\n" + fixture("final_line.txt")
-    job._pump(chief, io.StringIO(stdout))
+    chief.pump(io.StringIO(stdout), job.console.replica_line)
     shown = out.getvalue().splitlines()
     assert len(shown) == len(fixture("progress_lines.txt").splitlines())  # quiet: progress only
     assert all(line.strip().startswith("chief-0 | step ") for line in shown)
@@ -132,7 +133,7 @@ def test_local_mode_turns_stdout_into_progress_and_results() -> None:
     chief.exit_code = 0
     results = training_results(chief.observe())
     assert results == TrainingResults.model_validate(fixture_json("final_metrics.json"))
-    assert fixture("final_line.txt").startswith(local.FINAL_PREFIX)
+    assert fixture("final_line.txt").startswith(FINAL_PREFIX)
 
 
 # ---------------------------------------------------------------- termination message on failure
@@ -155,8 +156,8 @@ def test_failure_message_becomes_the_failed_condition() -> None:
 def test_local_mode_failure_message_is_the_last_line_printed() -> None:
     case = fixture_json("failure_condition.json")
     job, _ = local_job({"chief": {}})
-    chief = local.LocalReplica(ReplicaType.CHIEF, 0, [], {}, "ExitCode")
-    job._pump(chief, io.StringIO("2026-01-01 INFO starting\n" + fixture("failure_message.txt")))
+    chief = LocalReplica(ReplicaType.CHIEF, 0, [], {}, RestartPolicy.EXIT_CODE)
+    chief.pump(io.StringIO("2026-01-01 INFO starting\n" + fixture("failure_message.txt")), job.console.replica_line)
     chief.exit_code = case["replica"]["exit_code"]
     assert describe_failure(chief.observe(), with_last_line=True) == case["condition"]["message"]
 
@@ -216,11 +217,11 @@ def test_operator_env_vars_are_the_documented_ones() -> None:
     (container,) = pod["spec"]["containers"]
     added = {var["name"] for var in container["env"]} - {"USER_VAR", "TOKEN"}
     assert added == documented("set by", "operator")
-    assert {builders.OUTPUT_DIR_ENV, builders.REDACT_ENV, *OPERATOR_ENV} <= added
+    assert {OUTPUT_DIR_ENV, REDACT_ENV, *OPERATOR_ENV} <= added
     values = {var["name"]: var.get("value") for var in container["env"]}
     assert json.loads(values["TF_CONFIG"])["task"] == {"type": "chief", "index": 0}
-    assert values[builders.OUTPUT_DIR_ENV] == f"/data/{JOB}"
-    assert values[builders.REDACT_ENV] == "TOKEN"
+    assert values[OUTPUT_DIR_ENV] == f"/data/{JOB}"
+    assert values[REDACT_ENV] == "TOKEN"
     assert container["terminationMessagePolicy"] == "File"
 
 

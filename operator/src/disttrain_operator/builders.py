@@ -12,8 +12,9 @@ import copy
 from typing import Any
 
 from .api import DistTrainJobSpec, ReplicaSpec, ReplicaType
+from .invocation import container_invocation
 from .names import LABEL_INDEX, LABEL_JOB, LABEL_ROLE, job_labels, owner_reference, replica_labels
-from .policy import TRAINER_CONTAINER
+from .policy import REDACT_ENV, TRAINER_CONTAINER
 from .restarts import RESTART_RULES
 from .tfconfig import cluster_spec, pod_name, service_address_of, tf_config_json
 
@@ -21,11 +22,6 @@ PORT_NAME = "tf-port"
 GPU_RESOURCE = "nvidia.com/gpu"
 GPU_TOLERATION = {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
 STORAGE_VOLUME = "disttrain-storage"
-OUTPUT_DIR_ENV = "DISTTRAIN_OUTPUT_DIR"
-# Names of the trainer's variables whose values come from Secrets: the trainer masks those values in its failure
-# message, and the kubelet does not copy the log tail (terminationMessagePolicy File), so no Secret reaches the
-# job's conditions and events (docs/contract.md).
-REDACT_ENV = "DISTTRAIN_REDACT_ENV"
 MAX_PORT = 65535
 
 Obj = dict[str, Any]
@@ -144,24 +140,24 @@ def _secure_defaults(pod_spec: Obj) -> None:
         security.setdefault("capabilities", {}).setdefault("drop", ["ALL"])
 
 
-def _trainer_container(base: Obj, job_name: str, spec: DistTrainJobSpec, replica: ReplicaSpec, tf_config: str) -> Obj:
+def _trainer_container(
+    base: Obj, job_name: str, spec: DistTrainJobSpec, role: ReplicaType, replica: ReplicaSpec, tf_config: str
+) -> Obj:
     """The TensorFlow container: the template's, with the operator's image, args, env, port, resources."""
     container = copy.deepcopy(base)
     container.setdefault("name", TRAINER_CONTAINER)
     # the trainer writes its final metrics there on success, its error on failure; otherwise the log tail says why
     container.setdefault("terminationMessagePolicy", "FallbackToLogsOnError")
     container["image"] = replica.image or spec.image
-    if replica.command is not None:
-        container["command"] = list(replica.command)
-    args = replica.args if replica.args is not None else spec.args
-    if args:
-        container["args"] = list(args)
-    env = [var.to_wire() for var in [*spec.env, *replica.env]]
-    env.append({"name": "TF_CONFIG", "value": tf_config})
-    out = output_dir(spec, job_name)
-    if out:
-        env.append({"name": OUTPUT_DIR_ENV, "value": out})
-    container["env"] = merge_named(container.get("env", []), env)
+    invocation = container_invocation(spec, role, tf_config, output_dir(spec, job_name))
+    if invocation.command is not None:
+        container["command"] = invocation.command
+    if invocation.args:
+        container["args"] = invocation.args
+    container["env"] = merge_named(container.get("env", []), invocation.env)
+    # Names of the trainer's variables whose values come from Secrets: the trainer masks those values in its failure
+    # message, and the kubelet does not copy the log tail (terminationMessagePolicy File), so no Secret reaches the
+    # job's conditions and events (docs/contract.md).
     secret_names = [var["name"] for var in container["env"] if "secretKeyRef" in (var.get("valueFrom") or {})]
     from_secrets = any("secretRef" in source for source in container.get("envFrom", []))
     if secret_names or from_secrets:
@@ -207,7 +203,7 @@ def build_pod(job_name: str, namespace: str, uid: str, spec: DistTrainJobSpec, r
     if position is None:  # the API refuses other containers without it, so here the template listed none
         containers.append({"name": TRAINER_CONTAINER})
         position = len(containers) - 1
-    containers[position] = _trainer_container(containers[position], job_name, spec, replica, config)
+    containers[position] = _trainer_container(containers[position], job_name, spec, role, replica, config)
     pod_spec["containers"] = containers
     restart_policy = RESTART_RULES[replica.restart_policy].pod_restart_policy
     pod_spec.update(hostname=name, subdomain=job_name, restartPolicy=restart_policy)

@@ -30,6 +30,7 @@ from .api import (
 from .api import Condition as ConditionModel
 from .restarts import RESTART_RULES
 
+ReplicaKey = tuple[ReplicaType, int]
 PodPhase = Literal["Pending", "Running", "Succeeded", "Failed", "Unknown"]
 EventType = Literal["Normal", "Warning"]
 MESSAGE_EXCERPT_CHARS = 500
@@ -60,6 +61,10 @@ class ReplicaObservation:
         return f"{self.role.value}-{self.index}"
 
     @property
+    def key(self) -> ReplicaKey:
+        return self.role, self.index
+
+    @property
     def active(self) -> bool:
         """Pending or running, and not on its way out."""
         return self.phase in ("Pending", "Running", "Unknown") and not self.deleting
@@ -72,6 +77,8 @@ class JobEvent:
     type: EventType
     reason: str
     message: str
+    replica: ReplicaKey | None = None
+    """The replica it is about, if one: local mode shows that replica's last lines."""
 
 
 @dataclass
@@ -160,15 +167,15 @@ class _Builder:
             current.last_transition_time = format_time(self.now)
         current.status, current.reason, current.message = value, reason, message
 
-    def event(self, kind: EventType, reason: str, message: str) -> None:
-        self.plan.events.append(JobEvent(kind, reason, message))
+    def event(self, kind: EventType, reason: str, message: str, replica: ReplicaKey | None = None) -> None:
+        self.plan.events.append(JobEvent(kind, reason, message, replica))
 
-    def finish(self, succeeded: bool, reason: str, message: str) -> None:
+    def finish(self, succeeded: bool, reason: str, message: str, replica: ReplicaKey | None = None) -> None:
         self.set_condition("Succeeded" if succeeded else "Failed", True, reason, message)
         self.set_condition("Running", False, reason, "the job has finished")
         self.set_condition("Restarting", False, reason, "the job has finished")
         self.status.completion_time = format_time(self.now)
-        self.event("Normal" if succeeded else "Warning", reason, message)
+        self.event("Normal" if succeeded else "Warning", reason, message, replica)
 
 
 def _completed(previous: DistTrainJobStatus, observed: list[ReplicaObservation]) -> dict[str, list[int]]:
@@ -340,15 +347,17 @@ def _permanent_failure(spec: DistTrainJobSpec, observed: list[ReplicaObservation
     )
 
 
-def _count_failures(b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]) -> list[str]:
+def _count_failures(
+    b: _Builder, spec: DistTrainJobSpec, observed: list[ReplicaObservation]
+) -> list[tuple[ReplicaKey, str]]:
     """Counts each retryable failed pod once and plans its deletion (so it is recreated); returns what to say
-    about each, said only if the job goes on (a pass that ends the job recreates nothing)."""
+    about each replica, said only if the job goes on (a pass that ends the job recreates nothing)."""
     messages = []
     for o in _failed_pods(spec, observed):
         policy = getattr(spec.replica_specs, o.role.value).restart_policy
         b.plan.delete.append((o.role, o.index))
         if _retire(b, o, recreation=True):  # False: already counted, a stale view still shows the pod we deleted
-            messages.append(f"{describe_failure(o)}; recreating the pod (restartPolicy {policy})")
+            messages.append((o.key, f"{describe_failure(o)}; recreating the pod (restartPolicy {policy})"))
     return messages
 
 
@@ -472,7 +481,7 @@ def _failures(
     status = b.status
     permanent = _permanent_failure(spec, observed)
     if permanent is not None:
-        b.finish(False, "PodFailed", describe_failure(permanent, with_last_line=True))
+        b.finish(False, "PodFailed", describe_failure(permanent, with_last_line=True), permanent.key)
         return _after_finish(b, spec, observed)
     in_place = [
         f"{role}: {r.restarts - previous.replica_statuses[role].restarts} container restart(s)"
@@ -485,8 +494,8 @@ def _failures(
         limit = spec.run_policy.backoff_limit
         b.finish(False, "BackoffLimitExceeded", f"{status.restarts} restarts exceed backoffLimit {limit}")
         return _after_finish(b, spec, observed)
-    for message in recreating:
-        b.event("Warning", "PodFailed", message)
+    for replica, message in recreating:
+        b.event("Warning", "PodFailed", message, replica)
         b.set_condition("Restarting", True, "PodRestarting", message)
     if in_place:
         message = "; ".join(in_place)

@@ -26,8 +26,11 @@ ALLOWED_CAPABILITY = "NET_BIND_SERVICE"  # the one capability the "restricted" P
 OPT_IN = "the operator's opt-in (chart value templatePolicy.allowHostAccess) allows it"
 CONTAINER_LISTS = ("initContainers", "containers")
 TRAINER_CONTAINER = "tensorflow"  # the container that runs TensorFlow, found by this name
-# set by the operator in the trainer container, by no one else
-OPERATOR_ENV = ("TF_CONFIG", "DISTTRAIN_OUTPUT_DIR", "DISTTRAIN_REDACT_ENV")
+# set by the operator in the trainer container, by no one else (docs/contract.md)
+TF_CONFIG_ENV = "TF_CONFIG"
+OUTPUT_DIR_ENV = "DISTTRAIN_OUTPUT_DIR"
+REDACT_ENV = "DISTTRAIN_REDACT_ENV"
+OPERATOR_ENV = (TF_CONFIG_ENV, OUTPUT_DIR_ENV, REDACT_ENV)
 
 
 @dataclass(frozen=True)
