@@ -107,6 +107,14 @@ def test_env_vars_the_trainer_reads_are_the_documented_ones(tmp_path: Path, monk
 
     honoured.add("TF_CONFIG")  # read by cli.main: see test_exit_codes
 
+    assert cluster.slow_replica_for_tests() is None  # a deliberately slow replica: tests/trainer/test_downpour.py
+    monkeypatch.setenv(cluster.SLOW_REPLICA_ENV, "1:0.5")
+    assert cluster.slow_replica_for_tests() == (1, 0.5)
+    monkeypatch.setenv(cluster.SLOW_REPLICA_ENV, "not a delay")
+    with pytest.raises(cluster.ConfigError, match=cluster.SLOW_REPLICA_ENV):
+        cluster.slow_replica_for_tests()
+    honoured.add(cluster.SLOW_REPLICA_ENV)
+
     documented = {name for name, cells in env_table().items() if "trainer" in cells["read by"]}
     assert honoured == documented
 

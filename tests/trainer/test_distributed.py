@@ -102,7 +102,10 @@ def test_ps_reaches_97_percent_despite_a_killed_worker(ps_run: tuple[LocalCluste
         assert key in on_disk
     progress = [line for line in chief.output().splitlines() if line.startswith("progress ")]
     assert len(progress) == PS_STEPS // 50
-    assert progress[-1].startswith(f"progress step={metrics['steps']}/{PS_STEPS} loss=")
+    # progress counts completed steps; the global step may be a step or two further (the killed worker's closure
+    # had pushed updates before it was retried: at-least-once)
+    assert progress[-1].startswith(f"progress step={PS_STEPS}/{PS_STEPS} loss=")
+    assert PS_STEPS <= metrics["steps"] <= PS_STEPS + 5
 
 
 def test_ps_and_workers_exit_zero_by_themselves(ps_run: tuple[LocalCluster, Path, dict]) -> None:
@@ -125,7 +128,8 @@ def test_outputs_event_tags_checkpoints_export(ps_run: tuple[LocalCluster, Path,
     assert expected <= train_tags
     # the held-out curve has a point at each checkpoint, not only at the end (README: "at each checkpoint")
     saved = sorted(int(p.name.split("-")[1].split(".")[0]) for p in (out / "checkpoints").glob("ckpt-*.index"))
-    assert len(saved) == 3 and saved[-1] == PS_STEPS  # every 200 steps (in whole dispatches) and at the end
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert saved == [200, 400, metrics["steps"]]  # every 200 steps completed, and at the end (the global step)
     assert event_steps(out / "logs" / "train", "heldout_accuracy") == saved
     assert {"heldout_accuracy", "heldout_loss"} <= event_tags(out / "logs" / "eval")
     assert (out / "checkpoints" / "checkpoint").is_file()

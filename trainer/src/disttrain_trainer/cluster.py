@@ -16,6 +16,7 @@ log = logging.getLogger(__name__)
 TRAINING_JOBS = ("chief", "worker", "ps")
 KNOWN_JOBS = (*TRAINING_JOBS, "evaluator")
 STRATEGIES = ("auto", "parameter-server", "multi-worker-mirrored", "single")
+SLOW_REPLICA_ENV = "DISTTRAIN_TEST_SLOW_REPLICA"  # tests only: "<replica index>:<seconds per batch>"
 
 
 class ConfigError(ValueError):
@@ -200,6 +201,18 @@ def wait_for_peers(
             log.info("waiting for %d peer(s): %s", len(missing), ", ".join(missing))
             last_report = now
         time.sleep(interval)
+
+
+def slow_replica_for_tests() -> tuple[int, float] | None:
+    """Tests only: (replica index, seconds of delay per batch) from DISTTRAIN_TEST_SLOW_REPLICA, else None."""
+    raw = os.environ.get(SLOW_REPLICA_ENV, "")
+    if not raw:
+        return None
+    try:
+        index, seconds = raw.split(":")
+        return int(index), float(seconds)
+    except ValueError as exc:
+        raise ConfigError(f"{SLOW_REPLICA_ENV} must be <index>:<seconds>, got {raw!r}") from exc
 
 
 def available_cpus() -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Iterable
+from concurrent import futures
 from dataclasses import dataclass
 
 import keras
@@ -23,6 +24,7 @@ from .pipeline import train_dataset
 log = logging.getLogger(__name__)
 
 CHIEF_DEVICE = "/job:chief/replica:0/task:0/device:CPU:0"  # the parameter-server coordinator's own CPU
+IN_FLIGHT_PER_WORKER = 2  # closures queued per worker: one running, one ready the moment it finishes
 FLOAT16, BFLOAT16, FLOAT32 = "mixed_float16", "mixed_bfloat16", "float32"  # Keras dtype policies
 
 
@@ -59,10 +61,25 @@ def mixed_precision_policy(replicas: Iterable[Collection[str]]) -> str:
     return FLOAT32 if any(has_gpu) else BFLOAT16
 
 
+@dataclass(frozen=True)
+class StepResults:
+    """What `Runner.run` did: each step's training loss and accuracy, and how many steps each replica ran."""
+
+    losses: np.ndarray
+    accuracies: np.ndarray
+    replica_steps: dict[str, int]
+
+    @property
+    def steps(self) -> int:
+        """Global steps completed."""
+        return len(self.losses)
+
+
 class Runner:
     """Builds model + optimizer in `strategy`'s scope and the per-replica step; subclasses dispatch it."""
 
     name = "single"
+    replica_names: tuple[str, ...] = ()  # the replicas that run steps, named as in TF_CONFIG ('worker-1')
 
     def __init__(self, strategy: tf.distribute.Strategy, data: Mnist, hp: HParams, replicas: int = 1) -> None:
         self.strategy = strategy
@@ -114,8 +131,8 @@ class Runner:
         """How checkpoints are written and read; None: where the variables live (this process)."""
         return None
 
-    def run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """Run `steps` global steps; per-step (loss, accuracy) arrays."""
+    def run(self, steps: int, ahead: int = 0) -> StepResults:
+        """Complete `steps` global steps; `ahead` more may already be started (the budget left after these)."""
         raise NotImplementedError
 
 
@@ -144,10 +161,11 @@ class LocalRunner(Runner):
         mean = tf.distribute.ReduceOp.MEAN
         return self.strategy.reduce(mean, loss, axis=None), self.strategy.reduce(mean, accuracy, axis=None)
 
-    def run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """Run synchronously, reading results once at the end."""
+    def run(self, steps: int, ahead: int = 0) -> StepResults:
+        """Run synchronously (every replica runs every step), reading results once at the end."""
         results = [self._step_fn(self._iterator) for _ in range(steps)]
-        return np.array([float(r[0]) for r in results]), np.array([float(r[1]) for r in results])
+        losses, accuracies = (np.array([float(r[i]) for r in results]) for i in (0, 1))
+        return StepResults(losses, accuracies, dict.fromkeys(self.replica_names, steps))
 
 
 class MirroredRunner(LocalRunner):
@@ -177,6 +195,9 @@ class ParameterServerRunner(Runner):
 
         self._iterator = iter(self.coordinator.create_per_worker_dataset(per_worker_dataset))
         self._steps_fn = tf.function(self._worker_steps)
+        self.max_in_flight = IN_FLIGHT_PER_WORKER * workers
+        self._fetcher = futures.ThreadPoolExecutor(self.max_in_flight, thread_name_prefix="disttrain-fetch")
+        self._in_flight: dict[futures.Future[tuple[np.ndarray, ...]], int] = {}  # a closure's result -> its steps
 
     def replica_device_types(self) -> list[set[str]]:
         """The workers run every step, so theirs (seen through the cluster), not the chief's."""
@@ -199,21 +220,38 @@ class ParameterServerRunner(Runner):
             total_loss += loss
             total_accuracy += accuracy
         steps = tf.cast(count, tf.float32)
-        return total_loss / steps, total_accuracy / steps
+        worker = tf.distribute.coordinator.experimental_get_current_worker_index()
+        return total_loss / steps, total_accuracy / steps, worker
 
-    def run(self, steps: int) -> tuple[np.ndarray, np.ndarray]:
-        """Schedule `steps` asynchronous steps in closures of `steps_per_dispatch`, wait for them (failed
-        closures are retried), and return per-step losses and accuracies (each closure's mean, repeated)."""
+    def run(self, steps: int, ahead: int = 0) -> StepResults:
+        """Complete `steps` asynchronous steps, reading each closure's result as it arrives, in any order: no
+        barrier, so a slow worker holds back only its own closure. Closures stay queued (up to
+        IN_FLIGHT_PER_WORKER per worker, and within `steps + ahead` steps), so workers keep training while the
+        chief logs and checkpoints; failed closures are retried by the coordinator."""
+        losses: list[float] = []
+        accuracies: list[float] = []
+        replica_steps = dict.fromkeys(self.replica_names, 0)
+        while len(losses) < steps:
+            self._fill(steps + ahead - len(losses))
+            finished, _ = futures.wait(self._in_flight, return_when=futures.FIRST_COMPLETED)
+            for future in finished:
+                size = self._in_flight.pop(future)
+                loss, accuracy, worker = future.result()
+                losses += [float(loss)] * size  # a closure reports its mean: repeated for each of its steps
+                accuracies += [float(accuracy)] * size
+                replica_steps[f"worker-{int(worker)}"] += size
+        return StepResults(np.array(losses), np.array(accuracies), replica_steps)
+
+    def _fill(self, budget: int) -> None:
+        """Schedule closures of up to `steps_per_dispatch` steps until the in-flight bound is reached or the
+        closures in flight cover `budget` steps."""
         per = max(1, self.hp.steps_per_dispatch)
-        sizes = [per] * (steps // per) + ([steps % per] if steps % per else [])
-        pending = [
-            self.coordinator.schedule(self._steps_fn, args=(self._iterator, tf.constant(size))) for size in sizes
-        ]
-        self.coordinator.join()
-        values = [r.fetch() for r in pending]
-        losses = np.repeat([float(v[0]) for v in values], sizes)
-        accuracies = np.repeat([float(v[1]) for v in values], sizes)
-        return losses, accuracies
+        queued = sum(self._in_flight.values())
+        while len(self._in_flight) < self.max_in_flight and queued < budget:
+            size = min(per, budget - queued)
+            remote = self.coordinator.schedule(self._steps_fn, args=(self._iterator, tf.constant(size)))
+            self._in_flight[self._fetcher.submit(remote.fetch)] = size  # fetch() blocks: one thread per closure
+            queued += size
 
 
 def cluster_resolver(
@@ -244,11 +282,15 @@ def make_runner(kind: str, config: ClusterConfig | None, data: Mnist, hp: HParam
     if kind == "multi-worker-mirrored":
         resolver = cluster_resolver(config, local_accelerators())
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
-        return MirroredRunner(strategy, data, hp, replicas=strategy.num_replicas_in_sync)
+        runner: Runner = MirroredRunner(strategy, data, hp, replicas=strategy.num_replicas_in_sync)
+        runner.replica_names = tuple(f"{job}-{i}" for job in ("chief", "worker") for i in range(config.count(job)))
+        return runner
     if kind == "parameter-server":
         partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
             min_shard_bytes=64 << 10, max_shards=config.count("ps")
         )
         strategy = tf.distribute.ParameterServerStrategy(cluster_resolver(config), variable_partitioner=partitioner)
-        return ParameterServerRunner(strategy, data, hp, workers=config.count("worker"))
+        runner = ParameterServerRunner(strategy, data, hp, workers=config.count("worker"))
+        runner.replica_names = tuple(f"worker-{i}" for i in range(config.count("worker")))
+        return runner
     raise ValueError(f"unknown strategy {kind!r}")

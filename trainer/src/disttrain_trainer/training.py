@@ -7,7 +7,9 @@ import math
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +45,25 @@ class Budget:
 
 @dataclass
 class Throughput:
-    """Training time and examples/s. The first chunk (tracing, shipping functions to the workers) counts
-    in the time but not in examples/s when later chunks exist, so every strategy is compared in steady state."""
+    """Training time, examples/s and each replica's steps/s. The first chunk (tracing, shipping functions to the
+    workers) counts in the time but not in the rates when later chunks exist, so every strategy is compared in
+    steady state."""
 
     chunks: int = 0
     seconds: float = 0.0
     first: tuple[int, float] = (0, 0.0)
     steady: tuple[int, float] = (0, 0.0)
+    replica_steps: Counter[str] = field(default_factory=Counter)
+    first_replica_steps: Counter[str] = field(default_factory=Counter)
 
-    def add(self, examples: int, seconds: float) -> None:
-        """Record one chunk of training."""
+    def add(self, examples: int, seconds: float, replica_steps: Mapping[str, int] | None = None) -> None:
+        """Record one chunk of training, and the steps each replica ran in it."""
         if self.chunks:
             self.steady = (self.steady[0] + examples, self.steady[1] + seconds)
         else:
             self.first = (examples, seconds)
+            self.first_replica_steps.update(replica_steps or {})
+        self.replica_steps.update(replica_steps or {})
         self.chunks += 1
         self.seconds += seconds
 
@@ -64,6 +71,17 @@ class Throughput:
         """Steady-state examples/s (the only chunk's in a one-chunk run; None when nothing ran)."""
         examples, seconds = self.steady if self.chunks > 1 else self.first
         return round(examples / seconds, 1) if seconds > 0 else None
+
+    def replica_steps_per_second(self) -> dict[str, float]:
+        """Each replica's steady-state steps/s (the only chunk's in a one-chunk run)."""
+        steady = self.chunks > 1
+        seconds = self.steady[1] if steady else self.first[1]
+        if seconds <= 0:
+            return {}
+        return {
+            name: round((steps - (self.first_replica_steps[name] if steady else 0)) / seconds, 2)
+            for name, steps in sorted(self.replica_steps.items())
+        }
 
 
 def train(
@@ -94,16 +112,16 @@ def train(
     while step < max_steps:
         chunk = min(budget.log_every, max_steps - step)
         start = time.perf_counter()
-        losses, accuracies = runner.run(chunk)
+        results = runner.run(chunk, ahead=max_steps - step - chunk)
         elapsed = time.perf_counter() - start
-        previous, step = step, runner.step()
-        clock.add(chunk * runner.examples_per_step, elapsed)
-        speed = chunk * runner.examples_per_step / elapsed
-        last = (float(np.mean(losses)), float(np.mean(accuracies)))
-        summaries.scalars(
-            step,
-            {"loss": last[0], "accuracy": last[1], "learning_rate": hp.learning_rate, "examples_per_sec": speed},
-        )
+        # Steps completed, not the optimizer's count: parameter-server closures still in flight have moved that on.
+        previous, step = step, step + results.steps
+        clock.add(results.steps * runner.examples_per_step, elapsed, results.replica_steps)
+        speed = results.steps * runner.examples_per_step / elapsed
+        last = (float(np.mean(results.losses)), float(np.mean(results.accuracies)))
+        rates = {f"steps_per_sec/{name}": n / elapsed for name, n in results.replica_steps.items()}
+        scalars = {"loss": last[0], "accuracy": last[1], "learning_rate": hp.learning_rate}
+        summaries.scalars(step, scalars | {"examples_per_sec": speed} | rates)
         if is_chief:
             emit(progress_line(step, max_steps, last[0], last[1], speed))
         if budget.checkpoint_every and (step // budget.checkpoint_every > previous // budget.checkpoint_every):
@@ -111,6 +129,7 @@ def train(
             if is_chief and step < max_steps:  # the held-out curve, a point per checkpoint (the last comes at the end)
                 heldout = evaluate(local_copy(runner.model), data)
                 summaries.scalars(step, {"heldout_accuracy": heldout.accuracy, "heldout_loss": heldout.loss})
+    step = max(step, runner.step())  # all closures are done; a retried one may have added a step or two
     if clock.chunks:  # a chief resumed at max_steps has nothing new to save
         manager.save(checkpoint_number=step, options=options)
     if not is_chief:
@@ -145,6 +164,8 @@ def _finish(
         "train_accuracy": round(last[1], 4) if last else None,
         "train_seconds": round(clock.seconds, 2),
         "examples_per_second": clock.examples_per_second(),
+        "replica_steps": dict(sorted(clock.replica_steps.items())),
+        "replica_steps_per_second": clock.replica_steps_per_second(),
         "batch_size": runner.hp.batch_size,
         "global_batch_size": runner.examples_per_step,
         "train_examples": len(data.x_train),
