@@ -47,7 +47,7 @@ class Driver:
         self.core = client.CoreV1Api(api)
         self.namespace, self.pods, self.jobs = namespace, pods, jobs
         self.runs: dict[str, Run] = {}
-        self.patches = 0
+        self.annotated: set[str] = set()  # UIDs of the pods the test told kwok to end
 
     def add(self, plan: JobPlan) -> None:
         self.runs[plan.name] = Run(plan, started=not plan.driven)
@@ -93,7 +93,7 @@ class Driver:
             self.core.patch_namespaced_pod(name, self.namespace, body, _content_type=MERGE_PATCH, _request_timeout=10)
         except (ApiException, OSError, Exception):  # gone, replaced, or the API server away: try again next tick
             return False
-        self.patches += 1
+        self.annotated.add(pod.uid)
         return True
 
     def stuck(self) -> list[str]:
@@ -130,8 +130,9 @@ def failed_retryable(plan: JobPlan, pods: list[PodRecord]) -> list[str]:
 
 
 def pod_faults(plan: JobPlan, pods: list[PodRecord]) -> tuple[list[str], list[str]]:
-    """(duplicates, missing): a replica's pod replaced though it had not failed retryably (or after the job
-    ended); a retryably failed pod never replaced though the job went on; a driven job's replica never created."""
+    """(duplicates, missing): a replica's pod replaced though it had not failed retryably or been lost unfinished
+    (a completed one lost must stay gone); a retryably failed pod never replaced though the job went on; a driven
+    job's replica never created."""
     duplicates, missing = [], []
     by_replica: dict[tuple[str, int], list[PodRecord]] = {}
     for pod in pods:
@@ -139,7 +140,9 @@ def pod_faults(plan: JobPlan, pods: list[PodRecord]) -> tuple[list[str], list[st
     decisive = _decisive_end(plan, pods)
     for (role, index), incarnations in sorted(by_replica.items()):
         for before, after in itertools.pairwise(incarnations):
-            if not (before.phase == "Failed" and retryable(plan.policies[role], before.exit_code or 0)):
+            lost_unfinished = before.lost and before.phase != "Succeeded"
+            if not (lost_unfinished or (before.phase == "Failed" and retryable(plan.policies[role],
+                                                                               before.exit_code or 0))):
                 duplicates.append(f"{plan.name} {role}-{index}: {after.uid} replaced {before.uid} ({before.phase})")
         last = incarnations[-1]
         failed = last.phase == "Failed" and retryable(plan.policies[role], last.exit_code or 0)

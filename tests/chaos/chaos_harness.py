@@ -54,6 +54,9 @@ class Operators:
         if self.elect:
             command += ["--leader-elect", "--leader-election-namespace", self.namespace]
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "POD_NAME": name}
+        other = os.environ.get("DISTTRAIN_CHAOS_OPERATOR_SRC")  # another build's operator/src, e.g. the old code's
+        if other:
+            env["PYTHONPATH"] = os.pathsep.join([other, *filter(None, [env.get("PYTHONPATH")])])
         with (self.log_dir / f"operator-{name}.log").open("a") as out:
             out.write(f"---- started {time.strftime('%H:%M:%S')}\n")
             out.flush()
@@ -192,6 +195,7 @@ class PodRecord:
     ended: int | None = None  # the order in which it was seen to end (Succeeded or Failed)
     deleting: bool = False
     gone: bool = False
+    lost: bool = False  # deleted by the test (a lost node, PodGC), not by the operator
 
     @property
     def live(self) -> bool:
@@ -245,6 +249,10 @@ class PodLedger:
     def of_job(self, job: str) -> list[PodRecord]:
         with self.lock:
             return sorted((p for p in self.pods.values() if p.replica[0] == job), key=lambda p: p.order)
+
+    def lose(self, uid: str) -> None:
+        with self.lock:
+            self.pods[uid].lost = True
 
     def running(self, replica: Replica) -> PodRecord | None:
         """The replica's live pod once it is Running."""

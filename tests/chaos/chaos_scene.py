@@ -85,6 +85,32 @@ class Scene:
             self.pump(1.0)
 
 
+def lose_pods(scene: Scene, count: int) -> None:
+    """Deletes (grace 0) up to `count` pods as a lost node or PodGC would: Running pods of scripted jobs that the
+    test has not told to end (they must be recreated, not counted), and completed pods the job's status records
+    (they must never come back)."""
+    candidates = []
+    for pod in list(scene.pods.pods.values()):
+        job, role, index = pod.replica
+        run = scene.driver.runs.get(job)
+        if pod.gone or pod.deleting or run is None or scene.jobs.outcome(job) is not None:
+            continue
+        done = ((scene.jobs.status.get(job) or {}).get("completedReplicas") or {}).get(role) or []
+        if (pod.phase == "Running" and run.plan.driven and pod.uid not in scene.driver.annotated) or (
+                pod.phase == "Succeeded" and index in done):
+            candidates.append(pod)
+    core = client.CoreV1Api(scene.api)
+    for pod in scene.rng.sample(candidates, min(count, len(candidates))):
+        job, role, index = pod.replica
+        try:
+            core.delete_namespaced_pod(f"{job}-{role}-{index}", scene.namespace, grace_period_seconds=0,
+                                       body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=pod.uid)),
+                                       _request_timeout=10)
+        except Exception:  # gone already, or the API server away
+            continue
+        scene.pods.lose(pod.uid)
+
+
 @dataclass
 class Verdict:
     problems: list[str] = field(default_factory=list)
@@ -126,7 +152,9 @@ def judge(scene: Scene, seed: int) -> Verdict:
         "seed": seed, "seconds": round(time.monotonic() - scene.started), "jobs": len(scene.driver.runs),
         "operators started": scene.operators.started, "operator SIGKILLs": scene.operators.kills,
         "pods (UIDs)": incarnations, "pods failed retryably": failed_total, "restarts in status": restarts_total,
-        "pods annotated by the test": scene.driver.patches, "outcomes": dict(sorted(outcomes.items())),
+        "pods ended by the test": len(scene.driver.annotated),
+        "pods deleted by the test": sum(p.lost for p in scene.pods.pods.values()),
+        "outcomes": dict(sorted(outcomes.items())),
     }
     log(f"figures: {verdict.figures}")
     for problem in verdict.problems:

@@ -1,7 +1,8 @@
 """Chaos (#10): many jobs of mixed shapes driven to their end by kwok while operators are killed, doubled, paused
-past their Lease and cut off by a kube-apiserver restart. Afterwards every job must have the outcome its pods
-imply, restarts equal to the pods that failed retryably, no replica with two pods or none, no job stuck, and no
-status that ever went back (a terminal condition that vanished, restarts that decreased).
+past their Lease and cut off by a kube-apiserver restart, while pods are lost (deleted as by a lost node or PodGC).
+Afterwards every job must have the outcome its pods imply, restarts equal to the pods that failed retryably, no
+replica with two pods or none, no job stuck, and no status that ever went back (a terminal condition that
+vanished, restarts that decreased).
 
 `make test-chaos`; DISTTRAIN_CHAOS_SEED replays a run (the seed is printed first), DISTTRAIN_CHAOS_JOBS and
 DISTTRAIN_CHAOS_KILLS shrink it while developing.
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 from chaos_harness import Operators, lease_holder, log, restart_apiserver
 from chaos_scenarios import plan_jobs
-from chaos_scene import Scene, judge
+from chaos_scene import Scene, judge, lose_pods
 from controlplane import wait_for
 from kubernetes import client
 
@@ -62,19 +63,34 @@ def kill_and_restart(scene: Scene, name: str) -> None:
     scene.operators.start(name)
 
 
+def watch_gap(scene: Scene, name: str) -> None:
+    """Operator `name` stopped (SIGSTOP) while pods end and are lost and kube-apiserver restarts; it then goes on
+    from the view it had (its watches resume or relist: #10 item 1)."""
+    scene.operators.pause(name)
+    scene.pump(scene.rng.uniform(*GAP_SECONDS))
+    lose_pods(scene, 3)
+    away = restart_apiserver(scene.cp)
+    lose_pods(scene, 2)
+    scene.pump(1.0)
+    scene.operators.resume(name)
+    log(f"watch gap: {name} stopped while pods were lost and kube-apiserver restarted (away {away:.1f}s)")
+
+
 def test_operators_killed_doubled_and_cut_off_lose_and_duplicate_nothing(scene: Scene, seed: int) -> None:
     rng = scene.rng
     gaps = [rng.uniform(*GAP_SECONDS) for _ in range(KILLS)]
     second_from = rng.randrange(KILLS // 4, KILLS // 2 + 1)  # a second operator acts beside it for 3 kills
-    apiserver_at = rng.randrange(KILLS // 3, 2 * KILLS // 3 + 1)
+    gap_at = min(KILLS - 1, second_from + 4 + rng.randrange(max(KILLS // 5, 1)))
     scene.schedule(plan_jobs(rng, JOBS), over_seconds=0.7 * sum(gaps))
     scene.operators.start("main")
     for kill, gap in enumerate(gaps):
         scene.pump(gap)
-        if kill == apiserver_at:
-            log(f"restarting kube-apiserver under the running operator: away {restart_apiserver(scene.cp):.1f}s")
+        if kill == gap_at:
+            watch_gap(scene, "main")
             scene.pump(rng.uniform(*GAP_SECONDS))
         kill_and_restart(scene, "main")
+        if rng.random() < 0.5:
+            lose_pods(scene, rng.randint(1, 2))
         if kill == second_from:
             log("a second operator starts beside the first (both act: no leader election)")
             scene.operators.start("second")
