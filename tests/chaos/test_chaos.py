@@ -152,6 +152,7 @@ def test_two_elected_operators_with_churn_never_lose_a_terminal_condition(scene:
             log(f"taken over by {take_over(scene, holder)}")
         else:
             pause_past_lease(scene, holder)
+        lose_pods(scene, rng.randint(1, 3))
         scene.pump(rng.uniform(*GAP_SECONDS))
     scene.finish(FINISH_SECONDS)
     verdict = judge(scene, seed)
