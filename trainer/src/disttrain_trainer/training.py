@@ -17,8 +17,9 @@ import tensorflow as tf
 
 from .cluster import ClusterConfig
 from .data import Mnist
-from .evaluation import checkpoint_for, evaluate, inference_timing, local_copy
+from .evaluation import checkpoint_for, evaluate, inference_timing, local_copy, step_of
 from .reporting import OutputPaths, Summaries, emit, export_model, hparams_markdown, progress_line, write_metrics
+from .resume import FRESH, History, Layout, check_resume
 from .strategies import HParams, Runner, make_runner
 
 log = logging.getLogger(__name__)
@@ -93,20 +94,59 @@ def train(
     max_steps = budget.total_steps(len(data.x_train), runner.examples_per_step)
     if is_chief:
         paths.metrics.unlink(missing_ok=True)  # metrics.json appears only when this run has finished
-    extra = {"loss_scale": runner.loss_scale} if runner.loss_scale else {}  # float16: the scale resumes too
-    checkpoint = checkpoint_for(runner.model, optimizer=runner.optimizer, **extra)
-    ckpt_dir = paths.checkpoints if is_chief else Path(tempfile.mkdtemp(prefix="disttrain-ckpt-"))
-    manager = tf.train.CheckpointManager(checkpoint, str(ckpt_dir), max_to_keep=3)
-    options = runner.checkpoint_options()
-    latest = tf.train.latest_checkpoint(str(paths.checkpoints))  # every replica resumes from the chief's
-    if latest:
-        checkpoint.restore(latest, options=options)
-        log.info("resumed from %s", latest)
+    layout = Layout(kind, hp.optimizer, config.count("ps") if config and kind == "parameter-server" else 0)
+    saver = Saver(runner, layout, paths, is_chief)
     summaries = Summaries(paths.logs / "train" if is_chief else None)
     summaries.text("hparams", hparams_markdown(_hparams(kind, config, hp, max_steps, data)))
-    step = runner.step()
-    log.info("training %s from step %d to %d, %d examples/step", kind, step, max_steps, runner.examples_per_step)
+    start = runner.step()
+    log.info("training %s from step %d to %d, %d examples/step", kind, start, max_steps, runner.examples_per_step)
+    step, clock, last = _train_steps(runner, saver, summaries, data, budget, start, max_steps)
+    step = max(step, runner.step())  # all closures are done; a retried one may have added a step or two
+    if clock.chunks:  # a chief resumed at max_steps has nothing new to save
+        saver.save(step, clock.seconds)
+    saver.close()
+    if not is_chief:
+        return {}
+    return _finish(runner, kind, data, paths, summaries, step, clock, last, saver.history)
 
+
+class Saver:
+    """Checkpoints (the chief's folder; other replicas save into a throwaway one, as every replica of a
+    synchronous strategy must take part), run.json beside them, and resuming from the chief's latest."""
+
+    def __init__(self, runner: Runner, layout: Layout, paths: OutputPaths, is_chief: bool) -> None:
+        extra = {"loss_scale": runner.loss_scale} if runner.loss_scale else {}  # float16: the scale resumes too
+        self.checkpoint = checkpoint_for(runner.model, optimizer=runner.optimizer, **extra)
+        self.is_chief = is_chief
+        self.folder = paths.checkpoints if is_chief else Path(tempfile.mkdtemp(prefix="disttrain-ckpt-"))
+        self.manager = tf.train.CheckpointManager(self.checkpoint, str(self.folder), max_to_keep=3)
+        self.options = runner.checkpoint_options()
+        latest = tf.train.latest_checkpoint(str(paths.checkpoints))  # every replica resumes from the chief's
+        self.record, seconds_before = check_resume(paths.checkpoints, latest, layout)  # refuses another layout
+        self.history = History(None, seconds_before)
+        if latest:
+            self.checkpoint.restore(latest, options=self.options)
+            self.history = History(runner.step(), seconds_before)
+            log.info("resumed from %s at step %d", latest, runner.step())
+
+    def save(self, step: int, run_seconds: float) -> None:
+        """Save a checkpoint at `step`, `run_seconds` into this run's training, and note it in run.json."""
+        self.manager.save(checkpoint_number=step, options=self.options)
+        if self.is_chief:
+            kept = (step_of(path) for path in self.manager.checkpoints)
+            self.record.saved(step, self.history.total_seconds(run_seconds), kept, self.folder)
+
+    def close(self) -> None:
+        """Remove a non-chief's throwaway folder."""
+        if not self.is_chief:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _train_steps(
+    runner: Runner, saver: Saver, summaries: Summaries, data: Mnist, budget: Budget, step: int, max_steps: int
+) -> tuple[int, Throughput, tuple[float, float] | None]:
+    """Train from `step` to `max_steps` in logging intervals, checkpointing on the way; returns the steps
+    completed, the clock and the last interval's training loss and accuracy."""
     clock = Throughput()
     last: tuple[float, float] | None = None
     while step < max_steps:
@@ -120,22 +160,16 @@ def train(
         speed = results.steps * runner.examples_per_step / elapsed
         last = (float(np.mean(results.losses)), float(np.mean(results.accuracies)))
         rates = {f"steps_per_sec/{name}": n / elapsed for name, n in results.replica_steps.items()}
-        scalars = {"loss": last[0], "accuracy": last[1], "learning_rate": hp.learning_rate}
+        scalars = {"loss": last[0], "accuracy": last[1], "learning_rate": runner.hp.learning_rate}
         summaries.scalars(step, scalars | {"examples_per_sec": speed} | rates)
-        if is_chief:
+        if saver.is_chief:
             emit(progress_line(step, max_steps, last[0], last[1], speed))
         if budget.checkpoint_every and (step // budget.checkpoint_every > previous // budget.checkpoint_every):
-            manager.save(checkpoint_number=step, options=options)
-            if is_chief and step < max_steps:  # the held-out curve, a point per checkpoint (the last comes at the end)
+            saver.save(step, clock.seconds)
+            if saver.is_chief and step < max_steps:  # the held-out curve, a point per checkpoint (the last at the end)
                 heldout = evaluate(local_copy(runner.model), data)
                 summaries.scalars(step, {"heldout_accuracy": heldout.accuracy, "heldout_loss": heldout.loss})
-    step = max(step, runner.step())  # all closures are done; a retried one may have added a step or two
-    if clock.chunks:  # a chief resumed at max_steps has nothing new to save
-        manager.save(checkpoint_number=step, options=options)
-    if not is_chief:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-        return {}
-    return _finish(runner, kind, data, paths, summaries, step, clock, last)
+    return step, clock, last
 
 
 def _finish(
@@ -147,6 +181,7 @@ def _finish(
     step: int,
     clock: Throughput,
     last: tuple[float, float] | None,
+    history: History = FRESH,
 ) -> dict[str, object]:
     """Held-out evaluation, sample predictions, export and metrics.json."""
     model = local_copy(runner.model)
@@ -155,14 +190,17 @@ def _finish(
     summaries.predictions(step, data.x_held[:32], result.predicted[:32], data.y_held[:32])
     summaries.close()
     export_model(model, paths.model)
+    total_seconds = history.total_seconds(clock.seconds)
     metrics: dict[str, object] = {
         "strategy": kind,
         "steps": step,
+        "resumed_from_step": history.resumed_from_step,
+        "run_steps": step - (history.resumed_from_step or 0),
         "accuracy": round(result.accuracy, 4),
         "loss": round(result.loss, 4),
         "train_loss": round(last[0], 4) if last else None,
         "train_accuracy": round(last[1], 4) if last else None,
-        "train_seconds": round(clock.seconds, 2),
+        "train_seconds": None if total_seconds is None else round(total_seconds, 2),
         "examples_per_second": clock.examples_per_second(),
         "replica_steps": dict(sorted(clock.replica_steps.items())),
         "replica_steps_per_second": clock.replica_steps_per_second(),
