@@ -196,6 +196,28 @@ def test_servers_exit_on_sigterm_and_when_the_chief_is_gone(tmp_path: Path) -> N
                     task.process.kill()
 
 
+def test_an_evaluator_whose_chief_vanished_does_not_look_successful(tmp_path: Path) -> None:
+    """The side-car evaluator ends with its chief too: exit 3 and why, as the ps and workers (it exited 0)."""
+    with socket.socket() as fake_chief:
+        fake_chief.bind(("127.0.0.1", 0))
+        fake_chief.listen()
+        fake_chief.settimeout(120)
+        cluster = local_cluster(chief=0, ps=1, worker=1)
+        cluster["chief"] = [f"127.0.0.1:{fake_chief.getsockname()[1]}"]
+        args = ["--synthetic", "--chief-grace", "2", "--startup-timeout", "60", "--output-dir", str(tmp_path / "out")]
+        evaluator = start_task(cluster, "evaluator", 0, args, tmp_path)
+        try:
+            fake_chief.accept()[0].close()  # the evaluator has seen its chief up
+        finally:
+            fake_chief.close()
+    try:
+        assert evaluator.process.wait(120) == CHIEF_GONE_EXIT_CODE, evaluator.stderr.read_text()[-2000:]
+        assert "error: the chief at" in evaluator.stderr.read_text()
+    finally:
+        if evaluator.process.poll() is None:
+            evaluator.process.kill()
+
+
 def test_every_live_server_gets_its_token_though_a_peer_is_gone(tmp_path: Path) -> None:
     """Tokens must not wait on other tasks: servers exit as theirs arrive, and a chief may be half gone."""
     from disttrain_trainer.cluster import ClusterConfig

@@ -177,19 +177,24 @@ def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, da
 
 
 def _evaluate_forever(args: argparse.Namespace, config: ClusterConfig | None, data: Mnist) -> int:
+    """Evaluate checkpoints until the run's metrics.json appears (exit 0) or the chief is gone without it
+    (exit as a ps or worker would: not a success)."""
     from .evaluation import run_evaluator
-    from .servers import ChiefWatcher
+    from .servers import ChiefWatcher, end_without_chief
 
     paths = _paths(args)
     chief = config.chief_address if config else None
     watcher = ChiefWatcher(chief, args.chief_grace, args.startup_timeout + args.chief_grace) if chief else None
-
     started = time.time()
+    chief_state = "running"
 
-    def finished() -> bool:  # a metrics.json left by an earlier run does not count
-        done = paths.metrics.exists() and paths.metrics.stat().st_mtime >= started
-        return done or (watcher is not None and watcher.status() != "running")
+    def finished() -> bool:
+        nonlocal chief_state
+        if paths.metrics.exists() and paths.metrics.stat().st_mtime >= started:  # not one left by an earlier run
+            return True
+        chief_state = watcher.status() if watcher else chief_state
+        return chief_state != "running"
 
     result = run_evaluator(data, paths.checkpoints, paths.logs, finished)
     log.info("evaluator done: %s", result)
-    return 0
+    return end_without_chief(chief_state, watcher) if watcher and chief_state != "running" else 0

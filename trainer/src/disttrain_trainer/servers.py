@@ -61,6 +61,17 @@ class ChiefWatcher:
         return "gone" if now - self._closed_since >= self.grace else "running"
 
 
+def end_without_chief(state: str, watcher: ChiefWatcher) -> int:
+    """Say why a ps, worker or evaluator ends without the chief having finished the run; its exit code."""
+    if state == "gone":
+        report_failure(
+            f"the chief at {watcher.address} has been unreachable for {watcher.grace:.0f}s without ending the run"
+        )
+        return CHIEF_GONE_EXIT_CODE
+    report_failure(f"chief {watcher.address} never came up")
+    return 1
+
+
 def session_config(threads: int) -> tf.compat.v1.ConfigProto:
     """Thread pools sized to the CPUs the process really has; GPU memory taken only as needed."""
     config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
@@ -102,12 +113,8 @@ def serve(config: ClusterConfig, threads: int, grace: float, never_seen_timeout:
     watcher = ChiefWatcher(chief, grace, never_seen_timeout)
     while not token.wait(1.0):
         state = watcher.status()
-        if state == "gone":
-            report_failure(f"the chief at {chief} has been unreachable for {grace:.0f}s without ending the run")
-            return CHIEF_GONE_EXIT_CODE
-        if state == "never-started":
-            report_failure(f"chief {chief} never came up")
-            return 1
+        if state != "running":
+            return end_without_chief(state, watcher)
     time.sleep(TOKEN_EXIT_DELAY)
     print(f"{config.task_type}:{config.task_index} done", flush=True)
     return 0
