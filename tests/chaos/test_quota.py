@@ -23,17 +23,17 @@ pytestmark = [pytest.mark.cluster, pytest.mark.chaos]
 
 QUOTA, JOBS, WINDOW_SECONDS = 50, 5, 60.0
 SHAPE = {"chief": {"replicas": 1}, "ps": {"replicas": 10}, "worker": {"replicas": 100}}
-POD_CREATE = re.compile(r'^apiserver_request_total\{(?=.*resource="pods")(?=.*subresource="")(?=.*verb="POST")'
-                        r'.*code="(\d+)".*\} (\S+)$')
+CREATES = re.compile(r'^apiserver_request_total\{(?=.*subresource="")(?=.*verb="POST")'
+                     r'.*code="(\d+)".*resource="(\w+)".*\} (\S+)$')
 
 
-def pod_posts(control_plane: Any) -> Counter[str]:
-    """Pod creations the API server has answered so far, by HTTP status."""
+def posts(control_plane: Any, resource: str = "pods") -> Counter[str]:
+    """Creations of `resource` the API server has answered so far, by HTTP status."""
     counts: Counter[str] = Counter()
     for line in control_plane.kubectl("get", "--raw", "/metrics", timeout=60).stdout.splitlines():
-        found = POD_CREATE.match(line)
-        if found:
-            counts[found.group(1)] += int(float(found.group(2)))
+        found = CREATES.match(line)
+        if found and found.group(2) == resource:
+            counts[found.group(1)] += int(float(found.group(3)))
     return counts
 
 
@@ -52,14 +52,40 @@ def more_service_ips(api: client.ApiClient) -> str:
     return name
 
 
-def why_it_waits(custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, name: str) -> bool:
-    """The job's ReplicaFailure condition and a FailedCreate Warning both quote the quota's refusal."""
+def why_it_waits(custom: client.CustomObjectsApi, core: client.CoreV1Api, namespace: str, name: str,
+                 why: str = "exceeded quota") -> bool:
+    """The job's ReplicaFailure condition and a FailedCreate Warning both quote the API server's refusal."""
     job = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
     condition = next((c for c in (job.get("status") or {}).get("conditions", []) if c["type"] == "ReplicaFailure"), {})
     events = core.list_namespaced_event(namespace, field_selector=f"involvedObject.name={name},reason=FailedCreate")
     return (condition.get("status") == "True" and condition.get("reason") == "FailedCreate"
-            and "exceeded quota" in condition.get("message", "")
-            and any(e.type == "Warning" and "exceeded quota" in (e.message or "") for e in events.items))
+            and why in condition.get("message", "")
+            and any(e.type == "Warning" and why in (e.message or "") for e in events.items))
+
+
+def test_task_services_without_cluster_ips_back_off_and_the_job_says_why(
+    control_plane: Any, crd: None, k8s_client: client.ApiClient, namespace: str, tmp_path: Path
+) -> None:
+    """Each training task's Service takes a ClusterIP: 300 workers do not fit in the control plane's /24 (254
+    addresses), and the API server answers 500 'range is full' for the rest."""
+    core, custom = client.CoreV1Api(k8s_client), client.CustomObjectsApi(k8s_client)
+    operators = Operators(control_plane.kubeconfig, namespace, tmp_path)
+    operators.start("ips")
+    try:
+        custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "DistTrainJob", "metadata": {"name": "wide"},
+            "spec": {"image": IMAGE, "replicaSpecs": {"worker": {"replicas": 300}}, "networkPolicy": False}})
+        # before: a failed pass every 5 s, no event, no condition, every Service POSTed again each time
+        wait_for(lambda: why_it_waits(custom, core, namespace, "wide", why="range is full"), timeout=90,
+                 what="the job saying why it waits (ReplicaFailure condition and FailedCreate event)", interval=1)
+        before, started = posts(control_plane, "services"), time.monotonic()
+        wait_for(lambda: time.monotonic() - started >= 30, timeout=35, what="a 30 s window", interval=1)
+        services = posts(control_plane, "services") - before
+    finally:
+        operators.stop_all()
+    log(f"Service POSTs in 30 s once the range was full: {dict(services)}")
+    # backing off (5, 10, 20 s +-20%): at most 3 tries of its 300 Services in 30 s; before: a try every 5 s (1,800)
+    assert sum(services.values()) <= 3 * 300 + 10, services
 
 
 def test_a_full_quota_under_five_111_pod_jobs_costs_few_posts_and_every_job_says_why(
@@ -74,7 +100,8 @@ def test_a_full_quota_under_five_111_pod_jobs_costs_few_posts_and_every_job_says
     operators = Operators(control_plane.kubeconfig, namespace, tmp_path)
     operators.start("quota")
     try:
-        before, started = pod_posts(control_plane), time.monotonic()
+        before, started = posts(control_plane), time.monotonic()
+        services_before = posts(control_plane, "services")
         for i in range(JOBS):
             custom.create_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, {
                 "apiVersion": f"{GROUP}/{VERSION}", "kind": "DistTrainJob", "metadata": {"name": f"big{i}"},
@@ -84,12 +111,13 @@ def test_a_full_quota_under_five_111_pod_jobs_costs_few_posts_and_every_job_says
                  what="every job saying why it waits (ReplicaFailure condition and FailedCreate event)", interval=1)
         wait_for(lambda: time.monotonic() - started >= WINDOW_SECONDS, timeout=WINDOW_SECONDS + 5,
                  what="the end of the window", interval=1)
-        posts = pod_posts(control_plane) - before
+        pods = posts(control_plane) - before
+        services = posts(control_plane, "services") - services_before
         live = len(core.list_namespaced_pod(namespace).items)
     finally:
         operators.stop_all()
         client.NetworkingV1Api(k8s_client).delete_service_cidr(service_cidr)  # gone once its Services are
-    log(f"pod POSTs in {WINDOW_SECONDS:.0f}s: {dict(posts)} ({sum(posts.values())} in all); pods: {live}")
-    assert posts["201"] == live == QUOTA
+    log(f"POSTs in {WINDOW_SECONDS:.0f}s: pods {dict(pods)}, Services {dict(services)}; pods: {live}")
+    assert pods["201"] == live == QUOTA
     # slow start stops each job at its first refused batch, then one POST per backoff (5, 10, 20 s, +-20%)
-    assert posts["403"] <= JOBS * 20, posts  # before: ~505 refused POSTs every 5 s
+    assert pods["403"] <= JOBS * 20, pods  # before: ~505 refused POSTs every 5 s
