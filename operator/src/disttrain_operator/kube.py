@@ -51,7 +51,8 @@ class StaleReadError(RuntimeError):
 
 
 class RefusedCreateError(RuntimeError):
-    """The API server refused a create for now (403 quota or policy, 429): retried later, reported as FailedCreate."""
+    """The API server refused a create for now (403 quota or policy, 429, 5xx): retried later, reported as
+    FailedCreate."""
 
 
 def error_message(error: ApiException) -> str:
@@ -113,7 +114,7 @@ class Kube:
                 raise RejectedObjectError(f"{kind} {name}: {error_message(error)}") from None
             if error.status == 403 and "being terminated" in str(error.body):
                 return False  # the namespace, and the job with it, is going away
-            if error.status in (403, 429):
+            if error.status in (403, 429) or error.status >= 500:  # 5xx: no ClusterIP left, a webhook down, ...
                 raise RefusedCreateError(f"{kind} {name}: {error_message(error)}") from None
             if error.status != 409:
                 raise
