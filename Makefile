@@ -67,7 +67,7 @@ api-docs: venv ## Regenerate docs/api.md from the API models
 	$(VENV)/bin/disttrain api-docs > docs/api.md
 
 bench: venv ## Benchmarks (JSON and PNG under bench/results/)
-	$(PY) bench/trainer.py
+	$(PY) -m bench.trainer $(ARGS)
 
 bench-operator: venv control-plane ## Operator vs a raw client on the local control plane (bench/results/operator.*; ARGS=--quick)
 	$(PY) bench/operator.py $(ARGS)

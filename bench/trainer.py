@@ -1,10 +1,16 @@
-"""Benchmark: single process vs parameter server (1+1, 2+2) vs multi-worker mirrored (2 workers).
+"""Trainer benchmark: the seed's experiments as plots (`make bench`).
 
-Every setup trains the same CNN on the same data for the same number of steps with 128 images per
-global step (mirrored: 2 x 64), then reports examples/s, training time, inference time and held-out
-accuracy. Writes bench/results/trainer.json and bench/results/trainer.png.
+  accuracy   held-out accuracy against wall-clock time and time to 98%: single process, parameter server
+             (1, 2, 4 workers) and mirrored (2, 4 workers), several seeds each
+  speedup    examples/s and time to 98% for 1, 2, 4, 8 parameter-server workers, one thread per process
+  optimizers Adagrad against plain SGD under asynchrony as workers grow (1, 2, 4)
+  inference  the exported SavedModel timed at batch sizes 1 to 1024 (p50/p99 latency, examples/s) on CPU
 
-    .venv/bin/python bench/trainer.py [--steps 600] [--synthetic]
+Every run is real processes on 127.0.0.1; 128 images per global step everywhere (mirrored replicas split
+them). Writes OUT/trainer.json and OUT/trainer_<experiment>.png, and keeps every run's TensorBoard logs
+(with an HParams summary) under OUT/logs/<experiment>/<setup>-seed<k>/ (`tensorboard --logdir OUT/logs`).
+
+    .venv/bin/python -m bench.trainer [--quick] [--experiments accuracy,speedup] [--out DIR] [--data-dir D]
 """
 
 from __future__ import annotations
@@ -12,151 +18,218 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
+import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from disttrain_trainer.cluster import available_cpus
-from disttrain_trainer.launch import local_cluster, start_cluster, start_task
+from bench import trainer_plots as plots
+from bench.trainer_inference import time_saved_model
+from bench.trainer_runs import TARGET, Run, RunSpec, execute, mean_curve, spread, write_hparams, write_hparams_config
+from bench.trainer_system import machine
 
 RESULTS = Path(__file__).resolve().parent / "results"
+SINGLE, PS, MIRRORED = "single", "parameter-server", "multi-worker-mirrored"
+SGD_LEARNING_RATE = 0.1
+# The fixed CPU budget per replica would be --threads 1, but with one thread a parameter-server worker never runs
+# a step (today's trainer: the chief waits forever); 2 threads is this machine's every core, as in the other runs.
+THREADS = 2
+THREADS_NOTE = (
+    "--threads 1 (the intended fixed budget per replica) hangs a parameter-server worker in today's trainer, so "
+    "every process runs 2 TensorFlow threads: all replicas share this machine's 2 cores, and the ideal speedup "
+    "here is bounded by them"
+)
+CURVE_TAGS = ("heldout_accuracy", "heldout_loss", "examples_per_sec", "loss")
 
 
 @dataclass(frozen=True)
-class Setup:
-    """One row of the table."""
+class Sizes:
+    """How big each experiment is."""
 
-    name: str
-    ps: int
-    workers: int
-    chief: int
-    batch_size: int
+    steps: int
+    checkpoint_every: int
+    seeds: int  # accuracy experiment
+    ps: int  # parameter-server shards in every parameter-server setup
+    threads: int  # TensorFlow threads per process in every run (0: every CPU)
+    accuracy_setups: tuple[tuple[str, int], ...]
+    speedup_workers: tuple[int, ...]
+    optimizer_workers: tuple[int, ...]
+    batch_sizes: tuple[int, ...]
+    inference_seconds: float  # of calls per batch size
 
-    @property
-    def single(self) -> bool:
-        """No TF_CONFIG at all."""
-        return self.workers == 0
 
-
-SETUPS = (
-    Setup("single process", ps=0, workers=0, chief=0, batch_size=128),
-    Setup("PS 1 ps + 1 worker", ps=1, workers=1, chief=1, batch_size=128),
-    Setup("PS 2 ps + 2 workers", ps=2, workers=2, chief=1, batch_size=128),
-    Setup("mirrored 2 workers", ps=0, workers=2, chief=0, batch_size=64),
+DEFAULT = Sizes(
+    steps=600, checkpoint_every=50, seeds=3, ps=2, threads=THREADS,
+    accuracy_setups=((SINGLE, 1), (PS, 1), (PS, 2), (PS, 4), (MIRRORED, 2), (MIRRORED, 4)),
+    speedup_workers=(1, 2, 4, 8), optimizer_workers=(1, 2, 4), batch_sizes=(1, 8, 64, 256, 1024),
+    inference_seconds=4.0,
+)
+QUICK = Sizes(
+    steps=20, checkpoint_every=10, seeds=1, ps=1, threads=THREADS,
+    accuracy_setups=((SINGLE, 1), (PS, 1)), speedup_workers=(1,), optimizer_workers=(1,), batch_sizes=(1, 64),
+    inference_seconds=0.5,
 )
 
 
-def run_setup(setup: Setup, steps: int, data_args: list[str], root: Path) -> dict[str, object]:
-    """Run one setup to completion; its final metrics plus wall time."""
-    out = root / setup.name.replace(" ", "-")
-    args = [
-        "--max-steps",
-        str(steps),
-        "--batch-size",
-        str(setup.batch_size),
-        "--output-dir",
-        str(out / "out"),
-        "--log-every",
-        "100",
-        "--checkpoint-every",
-        "0",
-        *data_args,
-    ]
-    start = time.monotonic()
-    if setup.single:
-        task = start_task({}, None, 0, args, out / "logs")
-        code, chief_out = task.process.wait(900), task
-    else:
-        cluster = local_cluster(chief=setup.chief, ps=setup.ps, worker=setup.workers)
-        running = start_cluster(cluster, args, out / "logs")
-        codes = running.wait(900)
-        running.stop()
-        chief_out = running.task("chief" if setup.chief else "worker")
-        code = max(abs(c) if c is not None else 1 for c in codes.values())
-    wall = time.monotonic() - start
-    if code != 0:
-        raise SystemExit(f"{setup.name} failed: {chief_out.stderr.read_text()[-2000:]}")
-    final = next(line for line in chief_out.output().splitlines() if line.startswith("final "))
-    metrics = json.loads(final.removeprefix("final "))
-    metrics["wall_seconds"] = round(wall, 1)
-    metrics["setup"] = setup.name
-    metrics["workers"] = max(1, setup.workers)
-    metrics["examples_per_second_per_worker"] = round(metrics["examples_per_second"] / metrics["workers"], 1)
-    return metrics
+@dataclass
+class Bench:
+    """Runs setups once each (a setup two experiments share runs once) and keeps their logs per experiment."""
+
+    out: Path
+    sizes: Sizes
+    data_args: list[str]
+    scratch: Path
+    done: dict[RunSpec, Run] = field(default_factory=dict)
+
+    def spec(self, strategy: str, workers: int, **overrides: object) -> RunSpec:
+        """A run of this bench's size."""
+        ps = self.sizes.ps if strategy == PS else 0
+        base = RunSpec(strategy, workers, ps, steps=self.sizes.steps, checkpoint_every=self.sizes.checkpoint_every,
+                       threads=self.sizes.threads)
+        return replace(base, **overrides)  # type: ignore[arg-type]
+
+    def run(self, experiment: str, spec: RunSpec) -> Run:
+        """The run of `spec`, its logs under logs/<experiment>/<setup>-seed<k>/."""
+        logs = self.out / "logs" / experiment / f"{spec.setup}-seed{spec.seed}"
+        if spec in self.done:  # already run for another experiment: the same logs, copied
+            earlier = self.done[spec]
+            if earlier.logs != logs:
+                shutil.rmtree(logs, ignore_errors=True)
+                shutil.copytree(earlier.logs, logs)
+            return replace(earlier, logs=logs)
+        print(f"[{time.strftime('%H:%M:%S')}] {experiment}: {spec.setup} seed {spec.seed} ...", flush=True)
+        run = execute(spec, logs, self.scratch, self.data_args)
+        write_hparams(run)
+        print(f"  {run.metrics.get('examples_per_second')} examples/s, accuracy {run.metrics.get('accuracy')}, "
+              f"to {TARGET:.0%}: {run.time_to()} s", flush=True)
+        self.done[spec] = run
+        return run
+
+    def runs(self, experiment: str, specs: Sequence[RunSpec]) -> list[Run]:
+        """Every spec's run, and the experiment's HParams config."""
+        runs = [self.run(experiment, spec) for spec in specs]
+        write_hparams_config(self.out / "logs" / experiment, runs, CURVE_TAGS)
+        return runs
 
 
-def table(rows: list[dict[str, object]]) -> str:
-    """A markdown table of the results."""
-    head = (
-        "| setup | examples/s | per worker | train s (to N steps) | wall s | held-out acc "
-        "| inference ms/example (batch 500) | latency ms (1 image) |\n|---|---|---|---|---|---|---|---|"
-    )
-    lines = [
-        f"| {r['setup']} | {r['examples_per_second']} | {r['examples_per_second_per_worker']} "
-        f"| {r['train_seconds']} | {r['wall_seconds']} | {r['accuracy']:.4f} "
-        f"| {r['inference_ms_per_example']} | {r['inference_latency_ms']} |"
-        for r in rows
-    ]
-    return "\n".join([head, *lines])
-
-
-def chart(rows: list[dict[str, object]], path: Path) -> None:
-    """Three bar charts: throughput, training time, accuracy."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [str(r["setup"]).replace(" + ", "+\n").replace(" 2 w", "\n2 w") for r in rows]
-    fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
-    panels = (
-        ("examples_per_second", "examples / s"),
-        ("train_seconds", "training seconds"),
-        ("accuracy", "held-out accuracy"),
-    )
-    for ax, (key, label) in zip(axes, panels, strict=True):
-        values = [float(r[key]) for r in rows]  # type: ignore[arg-type]
-        ax.bar(names, values, color=["#777", "#2a7", "#1a5", "#36c"][: len(rows)])
-        ax.set_title(label)
-        ax.tick_params(axis="x", labelsize=8)
-        if key == "accuracy":
-            ax.set_ylim(min(values) - 0.01, 1.0)
-        for i, v in enumerate(values):
-            ax.text(i, v, f"{v:.4g}", ha="center", va="bottom", fontsize=8)
-    fig.suptitle(f"disttrain trainer on {available_cpus()} CPUs: MNIST CNN, same steps and data")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-
-
-def main() -> None:
-    """Run every setup, print the table, write JSON and PNG."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=600)
-    parser.add_argument("--synthetic", action="store_true")
-    opts = parser.parse_args()
-    if not opts.synthetic and not os.environ.get("MNIST_DIR"):
-        raise SystemExit("set MNIST_DIR (or pass --synthetic)")
-    data_args = ["--synthetic"] if opts.synthetic else ["--data-dir", os.environ["MNIST_DIR"]]
-    rows = []
-    with tempfile.TemporaryDirectory(prefix="disttrain-bench-") as tmp:
-        for setup in SETUPS:
-            print(f"running {setup.name} ...", flush=True)
-            rows.append(run_setup(setup, opts.steps, data_args, Path(tmp)))
-            print(f"  {rows[-1]['examples_per_second']} examples/s, accuracy {rows[-1]['accuracy']}", flush=True)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    result = {
-        "steps": opts.steps,
-        "examples_per_step": 128,
-        "cpus": available_cpus(),
-        "machine": platform.platform(),
-        "rows": rows,
-        "markdown": table(rows),
+def setup_figures(runs: Sequence[Run]) -> dict[str, object]:
+    """One setup over its seeds: spread of each figure, the mean curve, and each run."""
+    summaries = [r.summary() for r in runs]
+    figures = ("time_to_target_s", "final_accuracy", "best_accuracy", "examples_per_second", "startup_s")
+    return {
+        **{name: spread([s[name] for s in summaries]) for name in figures},  # type: ignore[misc]
+        "mean_curve": mean_curve(runs),
+        "runs": summaries,
     }
-    (RESULTS / "trainer.json").write_text(json.dumps(result, indent=2) + "\n")
-    chart(rows, RESULTS / "trainer.png")
-    print(table(rows))
+
+
+def accuracy(bench: Bench) -> dict[str, object]:
+    """Held-out accuracy against time, per setup, over seeds."""
+    setups = {}
+    for strategy, workers in bench.sizes.accuracy_setups:
+        specs = [bench.spec(strategy, workers, seed=seed) for seed in range(bench.sizes.seeds)]
+        setups[specs[0].setup] = setup_figures(bench.runs("accuracy", specs))
+    return {"seeds": bench.sizes.seeds, "setups": setups}
+
+
+def speedup(bench: Bench) -> dict[str, object]:
+    """examples/s and time to target against parameter-server workers, one thread per process."""
+    rows = []
+    cores = machine()["cpus_available"]
+    threads = bench.sizes.threads or cores
+    for workers in bench.sizes.speedup_workers:
+        (run,) = bench.runs("speedup", [bench.spec(PS, workers)])
+        usable = min(workers * threads, cores)
+        eps = run.metrics.get("examples_per_second")
+        rows.append({"workers": workers, "cores_usable": usable, **run.summary(),
+                     "examples_per_second_per_core": round(eps / usable, 1) if eps else None,  # type: ignore[operator]
+                     "examples_per_second_per_worker": round(eps / workers, 1) if eps else None})  # type: ignore[operator]
+    base = rows[0]
+    for row in rows:
+        row["speedup_examples_per_second"] = _ratio(row["examples_per_second"], base["examples_per_second"])
+        row["speedup_time_to_target"] = _ratio(base["time_to_target_s"], row["time_to_target_s"])
+        row["ideal"] = row["workers"] / base["workers"]
+        row["ideal_bounded_by_cores"] = round(row["cores_usable"] / base["cores_usable"], 2)
+    return {"threads_per_process": bench.sizes.threads, "threads_note": THREADS_NOTE, "cores": cores, "rows": rows}
+
+
+def _ratio(top: object, bottom: object) -> float | None:
+    return round(top / bottom, 2) if top and bottom else None  # type: ignore[operator]
+
+
+def optimizers(bench: Bench) -> dict[str, object]:
+    """Adagrad against plain SGD (seed 0) as parameter-server workers grow."""
+    rows = []
+    for workers in bench.sizes.optimizer_workers:
+        for optimizer, rate in (("adagrad", 0.05), ("sgd", SGD_LEARNING_RATE)):
+            (run,) = bench.runs("optimizers", [bench.spec(PS, workers, optimizer=optimizer, learning_rate=rate)])
+            rows.append({"workers": workers, "optimizer": optimizer, "learning_rate": rate, **run.summary()})
+    return {
+        "rows": rows,
+        "staleness": next((r["staleness"] for r in rows if r["staleness"] is not None), None),
+        "staleness_note": "hook: filled from the trainer's final metrics ('staleness': steps between the "
+        "parameters a worker read and the update it applied, p50/p99) once the trainer measures it; "
+        "today's trainer does not, so it is null",
+    }
+
+
+def inference(bench: Bench) -> dict[str, object]:
+    """The exported SavedModel of the single-process seed-0 run, timed per batch size on CPU."""
+    run = bench.run("inference", bench.spec(SINGLE, 1))
+    model = run.export / "saved_model"
+    return {"model": f"{run.spec.setup} seed {run.spec.seed} export (saved_model, `serve` endpoint)",
+            "device": "CPU", "rows": time_saved_model(model, bench.data_args, bench.sizes.batch_sizes,
+                                                            bench.sizes.inference_seconds)}
+
+
+EXPERIMENTS: dict[str, Callable[[Bench], dict[str, object]]] = {
+    "accuracy": accuracy,
+    "speedup": speedup,
+    "optimizers": optimizers,
+    "inference": inference,
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="tiny: few steps, one seed, fewer setups (smoke test)")
+    parser.add_argument("--experiments", default=",".join(EXPERIMENTS), help="comma-separated subset, in order")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder (default bench/results)")
+    parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"), help="MNIST (default $MNIST_DIR); "
+                        "full MNIST (mnist.npz, 60k/10k) when you have it")
+    parser.add_argument("--synthetic", action="store_true", help="synthetic images (no accuracy to speak of)")
+    parser.add_argument("--note", default="", help="recorded in the JSON, e.g. that the machine was shared")
+    opts = parser.parse_args(argv)
+    unknown = set(opts.experiments.split(",")) - set(EXPERIMENTS)
+    if unknown:
+        parser.error(f"unknown experiments {sorted(unknown)}; choose from {','.join(EXPERIMENTS)}")
+    if not opts.synthetic and not opts.data_dir:
+        parser.error("set MNIST_DIR or --data-dir (or pass --synthetic)")
+    return opts
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the chosen experiments, write the JSON and one PNG per experiment."""
+    opts = parse_args(argv)
+    sizes = QUICK if opts.quick else DEFAULT
+    data_args = ["--synthetic"] if opts.synthetic else ["--data-dir", str(opts.data_dir)]
+    opts.out.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    result: dict[str, object] = {"machine": machine(opts.note), "target_accuracy": TARGET, "quick": opts.quick,
+                                 "sizes": sizes.__dict__, "data_args": data_args}
+    with tempfile.TemporaryDirectory(prefix="disttrain-bench-") as scratch:
+        bench = Bench(opts.out, sizes, data_args, Path(scratch))
+        for name in opts.experiments.split(","):
+            result[name] = EXPERIMENTS[name](bench)
+            result["data"] = next((r.metrics.get("data") for r in bench.done.values()), None)
+            plots.PLOTS[name](result, opts.out / f"trainer_{name}.png")
+    result["machine"] = machine(opts.note, result["machine"])  # type: ignore[arg-type]
+    result["bench_seconds"] = round(time.time() - started, 1)
+    (opts.out / "trainer.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {opts.out / 'trainer.json'} in {result['bench_seconds']} s", flush=True)
 
 
 if __name__ == "__main__":
