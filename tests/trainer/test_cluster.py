@@ -9,7 +9,9 @@ import pytest
 
 from disttrain_trainer.cluster import (
     ConfigError,
+    Role,
     StartupTimeout,
+    Strategy,
     choose_strategy,
     parse_tf_config,
     peers_to_wait_for,
@@ -113,3 +115,12 @@ def test_barrier_passes_when_peers_listen_and_times_out_naming_the_missing() -> 
         assert wait_for_peers([up], timeout=5) < 5
     with pytest.raises(StartupTimeout, match=r"nonexistent\.invalid:1"):
         wait_for_peers([up, "nonexistent.invalid:1"], timeout=0.5, interval=0.1)
+
+
+def test_roles_and_strategies_are_enums_equal_to_their_names() -> None:
+    """StrEnums inside the trainer; the same strings on the command line, in TF_CONFIG and in the outputs."""
+    config = parse_tf_config(tf_config("worker", 1))
+    assert config is not None and config.task_type is Role.WORKER and config.task_type == "worker"
+    chosen = choose_strategy("auto", config)
+    assert chosen is Strategy.PARAMETER_SERVER and f"{chosen}" == json.loads(json.dumps(chosen)) == "parameter-server"
+    assert choose_strategy("auto", None) is Strategy.SINGLE

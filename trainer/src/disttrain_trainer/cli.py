@@ -13,7 +13,16 @@ import traceback
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .cluster import STRATEGIES, ClusterConfig, ConfigError, available_cpus, choose_strategy, parse_tf_config
+from .cluster import (
+    STRATEGIES,
+    ClusterConfig,
+    ConfigError,
+    Role,
+    Strategy,
+    available_cpus,
+    choose_strategy,
+    parse_tf_config,
+)
 from .failure import failure_line, redact, write_failure_message
 
 if TYPE_CHECKING:
@@ -31,7 +40,7 @@ DEFAULT_STEPS_PER_DISPATCH = 5
 def build_parser() -> argparse.ArgumentParser:
     """The command line shared by every role (ps/worker ignore the training flags)."""
     p = argparse.ArgumentParser(prog="disttrain-trainer", description=__doc__)
-    p.add_argument("--strategy", choices=STRATEGIES, default="auto", help="auto: from TF_CONFIG")
+    p.add_argument("--strategy", choices=STRATEGIES, default=Strategy.AUTO.value, help="auto: from TF_CONFIG")
     p.add_argument("--max-steps", type=int, default=None, help=f"global steps (default {DEFAULT_STEPS})")
     p.add_argument("--epochs", type=float, default=None, help="passes over the training set (instead of steps)")
     p.add_argument("--batch-size", type=int, default=DEFAULT_BATCH, help="images per replica per step")
@@ -111,19 +120,19 @@ def main(argv: Sequence[str] | None = None) -> int:
 def run(args: argparse.Namespace, config: ClusterConfig | None) -> int:
     """Dispatch on the role."""
     threads = args.threads or available_cpus()
-    role = config.task_type if config else "single"
-    if role in ("ps", "worker") and config is not None and config.count("ps") > 0:
+    role = config.task_type if config else None
+    if role in (Role.PS, Role.WORKER) and config is not None and config.count(Role.PS) > 0:
         from .servers import serve
 
-        choose_strategy("parameter-server", config)  # a clear error when the cluster has no chief
+        choose_strategy(Strategy.PARAMETER_SERVER, config)  # a clear error when the cluster has no chief
         return serve(config, threads, args.chief_grace, args.startup_timeout + args.chief_grace)
-    kind = "evaluator" if role == "evaluator" else choose_strategy(args.strategy, config)
+    kind = None if role == Role.EVALUATOR else choose_strategy(args.strategy, config)
     _configure_tensorflow(threads)
     from .data import load_mnist
 
     data = load_mnist(args.data_dir, args.synthetic)
     log.info("data: %s (%d train / %d held out)", data.source, len(data.x_train), len(data.y_held))
-    if kind == "evaluator":
+    if kind is None:
         return _evaluate_forever(args, config, data)
     return _train(args, config, kind, data)
 
@@ -144,7 +153,7 @@ def _paths(args: argparse.Namespace) -> OutputPaths:
     return OutputPaths.resolve(args.output_dir, args.log_dir, args.checkpoint_dir, args.export_dir)
 
 
-def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, data: Mnist) -> int:
+def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: Strategy, data: Mnist) -> int:
     from .cluster import peers_to_wait_for, wait_for_peers
     from .reporting import emit, write_termination_message
     from .servers import send_shutdown
@@ -154,7 +163,7 @@ def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, da
     if config is not None:
         # mirrored workers open their ports only inside the strategy: for them, names must resolve
         waited = wait_for_peers(
-            peers_to_wait_for(config, kind), args.startup_timeout, connect=kind == "parameter-server"
+            peers_to_wait_for(config, kind), args.startup_timeout, connect=kind == Strategy.PARAMETER_SERVER
         )
         log.info("all peers reachable after %.1fs", waited)
     hp = HParams(
@@ -168,7 +177,7 @@ def _train(args: argparse.Namespace, config: ClusterConfig | None, kind: str, da
     max_steps = args.max_steps if args.max_steps or args.epochs else DEFAULT_STEPS
     budget = Budget(max_steps, args.epochs, max(1, args.log_every), args.checkpoint_every)
     metrics = train(kind, config, data, hp, budget, _paths(args))
-    if kind == "parameter-server" and config is not None:
+    if kind == Strategy.PARAMETER_SERVER and config is not None:
         send_shutdown(config)
     if metrics:
         emit("final " + json.dumps(metrics, sort_keys=True))

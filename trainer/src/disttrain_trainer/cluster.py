@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import json
 import logging
 import math
@@ -13,9 +14,28 @@ from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
-TRAINING_JOBS = ("chief", "worker", "ps")
-KNOWN_JOBS = (*TRAINING_JOBS, "evaluator")
-STRATEGIES = ("auto", "parameter-server", "multi-worker-mirrored", "single")
+
+class Role(enum.StrEnum):
+    """A task type of TF_CONFIG (a job of its cluster)."""
+
+    CHIEF = "chief"
+    WORKER = "worker"
+    PS = "ps"
+    EVALUATOR = "evaluator"
+
+
+class Strategy(enum.StrEnum):
+    """How training is distributed (`--strategy`; AUTO: from the cluster's shape)."""
+
+    AUTO = "auto"
+    PARAMETER_SERVER = "parameter-server"
+    MULTI_WORKER_MIRRORED = "multi-worker-mirrored"
+    SINGLE = "single"
+
+
+TRAINING_JOBS = (Role.CHIEF, Role.WORKER, Role.PS)
+KNOWN_JOBS = (*TRAINING_JOBS, Role.EVALUATOR)
+STRATEGIES = tuple(strategy.value for strategy in Strategy)  # plain strings: argparse prints their repr
 SLOW_REPLICA_ENV = "DISTTRAIN_TEST_SLOW_REPLICA"  # tests only: "<replica index>:<seconds per batch>"
 
 
@@ -32,7 +52,7 @@ class ClusterConfig:
     """One process's view of the cluster: every job's addresses and its own task."""
 
     cluster: dict[str, list[str]]
-    task_type: str
+    task_type: Role
     task_index: int
     environment: str = "cloud"
     extra: dict[str, object] = field(default_factory=dict)
@@ -54,7 +74,7 @@ class ClusterConfig:
     @property
     def chief_address(self) -> str | None:
         """The coordinating task's address: the chief, else worker 0."""
-        for job in ("chief", "worker"):
+        for job in (Role.CHIEF, Role.WORKER):
             if self.cluster.get(job):
                 return self.cluster[job][0]
         return None
@@ -62,9 +82,9 @@ class ClusterConfig:
     @property
     def is_chief(self) -> bool:
         """Whether this task coordinates and writes outputs (chief, or worker 0 when there is no chief)."""
-        if self.task_type == "chief":
+        if self.task_type == Role.CHIEF:
             return True
-        return self.task_type == "worker" and self.task_index == 0 and not self.cluster.get("chief")
+        return self.task_type == Role.WORKER and self.task_index == 0 and not self.cluster.get(Role.CHIEF)
 
 
 def parse_tf_config(raw: str | None) -> ClusterConfig | None:
@@ -92,16 +112,16 @@ def parse_tf_config(raw: str | None) -> ClusterConfig | None:
         if task:
             raise ConfigError("TF_CONFIG has a task but an empty cluster")
         return None
-    if len(parsed.get("chief", [])) > 1:
+    if len(parsed.get(Role.CHIEF, [])) > 1:
         raise ConfigError("TF_CONFIG may list at most one chief")
-    if len(parsed.get("evaluator", [])) > 1:
+    if len(parsed.get(Role.EVALUATOR, [])) > 1:
         raise ConfigError("TF_CONFIG may list at most one evaluator")
     task_type = task.get("type")
     task_index = task.get("index", 0)
-    if task_type == "evaluator" and "evaluator" not in parsed and task_index == 0:
+    if task_type == Role.EVALUATOR and Role.EVALUATOR not in parsed and task_index == 0:
         # TensorFlow's side-car evaluator is no member of the cluster it watches: the operator (as TensorFlow's
         # own launchers) names it only in `task`
-        return ClusterConfig(parsed, task_type, task_index, environment=str(data.get("environment", "cloud")))
+        return ClusterConfig(parsed, Role.EVALUATOR, task_index, environment=str(data.get("environment", "cloud")))
     if task_type not in parsed:
         raise ConfigError(f"TF_CONFIG task type {task_type!r} is not a job of the cluster {sorted(parsed)}")
     if not isinstance(task_index, int) or not 0 <= task_index < len(parsed[task_type]):
@@ -110,41 +130,42 @@ def parse_tf_config(raw: str | None) -> ClusterConfig | None:
         )
     return ClusterConfig(
         cluster=parsed,
-        task_type=task_type,
+        task_type=Role(task_type),
         task_index=task_index,
         environment=str(data.get("environment", "cloud")),
     )
 
 
-def choose_strategy(requested: str, config: ClusterConfig | None) -> str:
+def choose_strategy(requested: str, config: ClusterConfig | None) -> Strategy:
     """Resolve `--strategy` (auto picks from the cluster shape) and reject impossible combinations."""
     if requested not in STRATEGIES:
         raise ConfigError(f"unknown strategy {requested!r}; expected one of {', '.join(STRATEGIES)}")
     if config is None:
-        if requested in ("auto", "single"):
-            return "single"
-        raise ConfigError(f"strategy {requested!r} needs a cluster: set TF_CONFIG")
-    has_ps = config.count("ps") > 0
-    replicas = config.count("worker") + config.count("chief")
-    if requested == "auto":
+        if requested in (Strategy.AUTO, Strategy.SINGLE):
+            return Strategy.SINGLE
+        raise ConfigError(f"strategy {str(requested)!r} needs a cluster: set TF_CONFIG")
+    has_ps = config.count(Role.PS) > 0
+    replicas = config.count(Role.WORKER) + config.count(Role.CHIEF)
+    chosen = Strategy(requested)
+    if chosen == Strategy.AUTO:
         if has_ps:
-            requested = "parameter-server"
+            chosen = Strategy.PARAMETER_SERVER
         elif replicas > 1:
-            requested = "multi-worker-mirrored"
+            chosen = Strategy.MULTI_WORKER_MIRRORED
         else:
-            requested = "single"
-    if requested == "parameter-server":
-        if not has_ps or config.count("worker") == 0 or config.count("chief") == 0:
+            chosen = Strategy.SINGLE
+    if chosen == Strategy.PARAMETER_SERVER:
+        if not has_ps or config.count(Role.WORKER) == 0 or config.count(Role.CHIEF) == 0:
             raise ConfigError("parameter-server strategy needs a chief, at least one ps and one worker")
-    elif requested == "multi-worker-mirrored" and has_ps:
+    elif chosen == Strategy.MULTI_WORKER_MIRRORED and has_ps:
         raise ConfigError("multi-worker-mirrored strategy cannot use ps tasks; use parameter-server")
-    return requested
+    return chosen
 
 
 def peers_to_wait_for(config: ClusterConfig, strategy: str) -> list[str]:
     """Addresses this task must reach before training: every other training task."""
     own = config.address if config.task_type in TRAINING_JOBS else None
-    if strategy == "single":
+    if strategy == Strategy.SINGLE:
         return []
     return [a for job in TRAINING_JOBS for a in config.cluster.get(job, []) if a != own]
 

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .cluster import Role
+
 
 def free_ports(count: int) -> list[int]:
     """`count` distinct free TCP ports on 127.0.0.1."""
@@ -28,9 +30,9 @@ def free_ports(count: int) -> list[int]:
 
 def local_cluster(chief: int = 1, ps: int = 0, worker: int = 0, evaluator: int = 0) -> dict[str, list[str]]:
     """A cluster dict with loopback addresses on free ports (jobs with zero tasks are left out)."""
-    counts = {"chief": chief, "ps": ps, "worker": worker, "evaluator": evaluator}
+    counts = {Role.CHIEF: chief, Role.PS: ps, Role.WORKER: worker, Role.EVALUATOR: evaluator}
     ports = iter(free_ports(sum(counts.values())))
-    return {job: [f"127.0.0.1:{next(ports)}" for _ in range(n)] for job, n in counts.items() if n}
+    return {job.value: [f"127.0.0.1:{next(ports)}" for _ in range(n)] for job, n in counts.items() if n}
 
 
 def tf_config(cluster: dict[str, list[str]], task_type: str, index: int) -> str:
@@ -120,7 +122,7 @@ def start_cluster(
     """Start every task of `cluster` with the same command line (servers first, the chief last); `wrappers`
     gives a command prefix per task type."""
     running = LocalCluster(cluster)
-    for job in ("ps", "worker", "evaluator", "chief"):
+    for job in (Role.PS, Role.WORKER, Role.EVALUATOR, Role.CHIEF):
         for index in range(len(cluster.get(job, []))):
             wrapper = (wrappers or {}).get(job, ())
             running.tasks.append(start_task(cluster, job, index, args, log_dir, env, wrapper))

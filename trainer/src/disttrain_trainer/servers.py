@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from .cluster import ClusterConfig, address_accepts
+from .cluster import ClusterConfig, Role, address_accepts
 from .failure import redact, write_failure_message
 
 log = logging.getLogger(__name__)
@@ -109,7 +109,7 @@ def serve(config: ClusterConfig, threads: int, grace: float, never_seen_timeout:
     token = threading.Event()
     device = f"/job:{config.task_type}/replica:0/task:{config.task_index}"
     threading.Thread(target=_wait_for_token, args=(server, device, token), daemon=True).start()
-    chief = config.cluster["chief"][0]
+    chief = config.cluster[Role.CHIEF][0]
     watcher = ChiefWatcher(chief, grace, never_seen_timeout)
     while not token.wait(1.0):
         state = watcher.status()
@@ -129,7 +129,7 @@ def _only(device: str) -> tf.compat.v1.ConfigProto:
 
 def send_shutdown(config: ClusterConfig) -> None:
     """From the chief after success: enqueue a token on every ps and worker (dead ones time out)."""
-    targets = [(job, i) for job in ("ps", "worker") for i in range(config.count(job))]
+    targets = [(job, i) for job in (Role.PS, Role.WORKER) for i in range(config.count(job))]
     threads = [threading.Thread(target=_send_token, args=(config, *t), daemon=True) for t in targets]
     for thread in threads:
         thread.start()

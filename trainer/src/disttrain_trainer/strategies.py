@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .cluster import ClusterConfig
+from .cluster import ClusterConfig, Role, Strategy
 from .data import Mnist
 from .model import build_model
 from .optimizers import DynamicLossScale, ShardedOptimizer, make_optimizer, variable_shards
@@ -78,7 +78,7 @@ class StepResults:
 class Runner:
     """Builds model + optimizer in `strategy`'s scope and the per-replica step; subclasses dispatch it."""
 
-    name = "single"
+    name = Strategy.SINGLE
     replica_names: tuple[str, ...] = ()  # the replicas that run steps, named as in TF_CONFIG ('worker-1')
 
     def __init__(self, strategy: tf.distribute.Strategy, data: Mnist, hp: HParams, replicas: int = 1) -> None:
@@ -171,13 +171,13 @@ class LocalRunner(Runner):
 class MirroredRunner(LocalRunner):
     """Synchronous data parallelism: every worker runs every step; gradients are all-reduced."""
 
-    name = "multi-worker-mirrored"
+    name = Strategy.MULTI_WORKER_MIRRORED
 
 
 class ParameterServerRunner(Runner):
     """Downpour SGD: the chief schedules steps on any free worker; workers update the sharded ps state."""
 
-    name = "parameter-server"
+    name = Strategy.PARAMETER_SERVER
 
     def __init__(self, strategy: tf.distribute.ParameterServerStrategy, data: Mnist, hp: HParams, workers: int):
         super().__init__(strategy, data, hp, replicas=1)
@@ -201,7 +201,7 @@ class ParameterServerRunner(Runner):
 
     def replica_device_types(self) -> list[set[str]]:
         """The workers run every step, so theirs (seen through the cluster), not the chief's."""
-        by_task = device_types_by_task((d.name for d in tf.config.list_logical_devices()), "worker")
+        by_task = device_types_by_task((d.name for d in tf.config.list_logical_devices()), Role.WORKER)
         return list(by_task.values()) or [{"CPU"}]
 
     def checkpoint_options(self) -> tf.train.CheckpointOptions:
@@ -239,7 +239,7 @@ class ParameterServerRunner(Runner):
                 loss, accuracy, worker = future.result()
                 losses += [float(loss)] * size  # a closure reports its mean: repeated for each of its steps
                 accuracies += [float(accuracy)] * size
-                replica_steps[f"worker-{int(worker)}"] += size
+                replica_steps[f"{Role.WORKER}-{int(worker)}"] += size
         return StepResults(np.array(losses), np.array(accuracies), replica_steps)
 
     def _fill(self, budget: int) -> None:
@@ -274,23 +274,25 @@ def local_accelerators() -> dict[str, int]:
     return {"GPU": gpus} if gpus else {}
 
 
-def make_runner(kind: str, config: ClusterConfig | None, data: Mnist, hp: HParams) -> Runner:
+def make_runner(kind: Strategy, config: ClusterConfig | None, data: Mnist, hp: HParams) -> Runner:
     """The runner for a strategy name chosen by cluster.choose_strategy."""
-    if kind == "single":
+    if kind == Strategy.SINGLE:
         return LocalRunner(tf.distribute.get_strategy(), data, hp)
     assert config is not None
-    if kind == "multi-worker-mirrored":
+    if kind == Strategy.MULTI_WORKER_MIRRORED:
         resolver = cluster_resolver(config, local_accelerators())
         strategy = tf.distribute.MultiWorkerMirroredStrategy(cluster_resolver=resolver)
         runner: Runner = MirroredRunner(strategy, data, hp, replicas=strategy.num_replicas_in_sync)
-        runner.replica_names = tuple(f"{job}-{i}" for job in ("chief", "worker") for i in range(config.count(job)))
+        runner.replica_names = tuple(
+            f"{job}-{i}" for job in (Role.CHIEF, Role.WORKER) for i in range(config.count(job))
+        )
         return runner
-    if kind == "parameter-server":
+    if kind == Strategy.PARAMETER_SERVER:
         partitioner = tf.distribute.experimental.partitioners.MinSizePartitioner(
-            min_shard_bytes=64 << 10, max_shards=config.count("ps")
+            min_shard_bytes=64 << 10, max_shards=config.count(Role.PS)
         )
         strategy = tf.distribute.ParameterServerStrategy(cluster_resolver(config), variable_partitioner=partitioner)
-        runner = ParameterServerRunner(strategy, data, hp, workers=config.count("worker"))
-        runner.replica_names = tuple(f"worker-{i}" for i in range(config.count("worker")))
+        runner = ParameterServerRunner(strategy, data, hp, workers=config.count(Role.WORKER))
+        runner.replica_names = tuple(f"{Role.WORKER}-{i}" for i in range(config.count(Role.WORKER)))
         return runner
     raise ValueError(f"unknown strategy {kind!r}")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from .cluster import ClusterConfig
+from .cluster import ClusterConfig, Role, Strategy
 from .data import Mnist
 from .evaluation import checkpoint_for, evaluate, inference_timing, local_copy, step_of
 from .reporting import OutputPaths, Summaries, emit, export_model, hparams_markdown, progress_line, write_metrics
@@ -86,7 +86,7 @@ class Throughput:
 
 
 def train(
-    kind: str, config: ClusterConfig | None, data: Mnist, hp: HParams, budget: Budget, paths: OutputPaths
+    kind: Strategy, config: ClusterConfig | None, data: Mnist, hp: HParams, budget: Budget, paths: OutputPaths
 ) -> dict[str, object]:
     """Train with strategy `kind`; the chief writes every output and returns the final metrics."""
     is_chief = config is None or config.is_chief
@@ -94,7 +94,8 @@ def train(
     max_steps = budget.total_steps(len(data.x_train), runner.examples_per_step)
     if is_chief:
         paths.metrics.unlink(missing_ok=True)  # metrics.json appears only when this run has finished
-    layout = Layout(kind, hp.optimizer, config.count("ps") if config and kind == "parameter-server" else 0)
+    num_ps = config.count(Role.PS) if config and kind == Strategy.PARAMETER_SERVER else 0
+    layout = Layout(str(kind), hp.optimizer, num_ps)
     saver = Saver(runner, layout, paths, is_chief)
     summaries = Summaries(paths.logs / "train" if is_chief else None)
     summaries.text("hparams", hparams_markdown(_hparams(kind, config, hp, max_steps, data)))
@@ -174,7 +175,7 @@ def _train_steps(
 
 def _finish(
     runner: Runner,
-    kind: str,
+    kind: Strategy,
     data: Mnist,
     paths: OutputPaths,
     summaries: Summaries,
@@ -192,7 +193,7 @@ def _finish(
     export_model(model, paths.model)
     total_seconds = history.total_seconds(clock.seconds)
     metrics: dict[str, object] = {
-        "strategy": kind,
+        "strategy": str(kind),
         "steps": step,
         "resumed_from_step": history.resumed_from_step,
         "run_steps": step - (history.resumed_from_step or 0),
@@ -215,6 +216,8 @@ def _finish(
     return metrics
 
 
-def _hparams(kind: str, config: ClusterConfig | None, hp: HParams, max_steps: int, data: Mnist) -> dict[str, object]:
+def _hparams(
+    kind: Strategy, config: ClusterConfig | None, hp: HParams, max_steps: int, data: Mnist
+) -> dict[str, object]:
     counts = {f"num_{job}": len(addrs) for job, addrs in (config.cluster.items() if config else [])}
     return {"strategy": kind, "max_steps": max_steps, "data": data.source, **asdict(hp), **counts}
