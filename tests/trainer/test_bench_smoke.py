@@ -4,6 +4,7 @@ writes the JSON with each experiment's figures and one PNG per experiment (into 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -14,17 +15,19 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
+IDLE_LIMIT_S = 90  # on an otherwise idle machine; stretched by the load other work puts on the cores
 EXPERIMENTS = ("accuracy", "speedup", "optimizers", "inference")
 
 
 def test_the_quick_benchmark_writes_every_experiment(tmp_path: Path) -> None:
+    limit = IDLE_LIMIT_S * max(1.0, os.getloadavg()[0] / (os.cpu_count() or 1))
     started = time.monotonic()
     run = subprocess.run(
         [sys.executable, "-m", "bench.trainer", "--quick", "--synthetic", "--out", str(tmp_path)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )
     assert run.returncode == 0, run.stderr[-4000:]
-    assert time.monotonic() - started < 90
+    assert time.monotonic() - started < limit
     results = json.loads((tmp_path / "trainer.json").read_text())
     for name in EXPERIMENTS:
         assert (tmp_path / f"trainer_{name}.png").stat().st_size > 0
