@@ -31,6 +31,7 @@ from bench.trainer_runs import (
     GLOBAL_BATCH,
     TARGET,
     Run,
+    RunFailed,
     RunSpec,
     execute,
     mean_curve,
@@ -38,7 +39,7 @@ from bench.trainer_runs import (
     write_hparams,
     write_hparams_config,
 )
-from bench.trainer_system import machine
+from bench.trainer_system import machine, source
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SINGLE, PS, MIRRORED = "single", "parameter-server", "multi-worker-mirrored"
@@ -123,7 +124,11 @@ class Bench:
                 shutil.copytree(earlier.logs, logs)
             return replace(earlier, logs=logs)
         print(f"[{time.strftime('%H:%M:%S')}] {experiment}: {spec.setup} seed {spec.seed} ...", flush=True)
-        run = execute(spec, logs, self.scratch, self.data_args)
+        try:
+            run = execute(spec, logs, self.scratch, self.data_args)
+        except RunFailed as failure:  # once more: a shared machine can starve a replica past a timeout
+            print(f"  failed, running it again: {failure}", flush=True)
+            run = execute(spec, logs, self.scratch, self.data_args)
         write_hparams(run)
         print(f"  {run.metrics.get('examples_per_second')} examples/s, accuracy {run.metrics.get('accuracy')}, "
               f"to {TARGET:.0%}: {run.time_to()} s", flush=True)
@@ -256,7 +261,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     opts.out.mkdir(parents=True, exist_ok=True)
     started = time.time()
     result: dict[str, object] = {"machine": machine(opts.note), "target_accuracy": TARGET, "quick": opts.quick,
-                                 "sizes": sizes.__dict__, "data_args": data_args, "notes": NOTES}
+                                 "sizes": sizes.__dict__, "data_args": data_args, "notes": NOTES,
+                                 "trainer_source": source()}
     with tempfile.TemporaryDirectory(prefix="disttrain-bench-") as scratch:
         bench = Bench(opts.out, sizes, data_args, Path(scratch))
         for name, seeds in phases(opts.experiments.split(","), sizes.seeds):

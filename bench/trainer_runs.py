@@ -17,6 +17,10 @@ GLOBAL_BATCH = 128  # images per global step in every setup (mirrored: split ove
 RUN_TIMEOUT_S = 900
 
 
+class RunFailed(RuntimeError):
+    """A process of the run exited non-zero or did not finish in time."""
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """What one run trains: the cluster shape and the flags that differ between setups."""
@@ -116,7 +120,7 @@ def launch(spec: RunSpec, args: list[str], logs: Path) -> tuple[LocalCluster, Ta
 
 
 def execute(spec: RunSpec, logs: Path, scratch: Path, data_args: Sequence[str]) -> Run:
-    """Run `spec` to completion with its TensorBoard logs in `logs`; raise SystemExit when a process failed."""
+    """Run `spec` to completion with its TensorBoard logs in `logs`; RunFailed when a process failed."""
     shutil.rmtree(logs, ignore_errors=True)
     output = scratch / f"{spec.setup}-seed{spec.seed}-t{spec.threads}"
     started = time.time()
@@ -125,7 +129,7 @@ def execute(spec: RunSpec, logs: Path, scratch: Path, data_args: Sequence[str]) 
     running.stop()
     wall = time.time() - started
     if any(code != 0 for code in codes.values()):
-        raise SystemExit(f"{spec.setup} seed {spec.seed} failed {codes}: {reporter.stderr.read_text()[-2000:]}")
+        raise RunFailed(f"{spec.setup} seed {spec.seed} failed {codes}: {reporter.stderr.read_text()[-2000:]}")
     final = next(line for line in reporter.output().splitlines() if line.startswith("final "))
     scalars = read_scalars(logs / "train", ("heldout_accuracy", "examples_per_sec"))
     first = scalars.pop("_first_wall_time")[0][0]

@@ -32,3 +32,16 @@ def machine(note: str = "", earlier: dict[str, object] | None = None) -> dict[st
     if earlier is None:
         return {**info, "load_average_at_start": load}
     return {**earlier, "load_average_at_end": load}
+
+
+def source() -> dict[str, object]:
+    """The commit the trainer ran from, and its files changed since (other work in progress on this checkout)."""
+
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True).stdout
+        except (OSError, subprocess.SubprocessError):
+            return ""
+
+    changed = git("status", "--porcelain", "--", "trainer/src").splitlines()
+    return {"commit": git("rev-parse", "HEAD").strip() or None, "uncommitted": [line[3:] for line in changed]}
