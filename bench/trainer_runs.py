@@ -93,7 +93,7 @@ class Run:
             "seed": self.spec.seed,
             "time_to_target_s": _round(self.time_to()),
             "final_accuracy": self.metrics.get("accuracy"),
-            "best_accuracy": max((acc for *_, acc in self.curve), default=None),
+            "best_accuracy": _round(max((acc for *_, acc in self.curve), default=None), 4),
             "examples_per_second": self.metrics.get("examples_per_second"),
             "train_seconds": self.metrics.get("train_seconds"),
             "startup_s": round(self.startup_s, 1),
