@@ -212,6 +212,8 @@ def write_hparams_config(experiment_dir: Path, runs: Sequence[Run], metric_tags:
     """The experiment's HParams config: the hyperparameters that vary and the metrics (the runs' 'train' logs)."""
     from tensorboard.plugins.hparams import summary_v2
 
+    for earlier in experiment_dir.glob("events.*.hparams"):  # one config per experiment, the latest
+        earlier.unlink()
     names = list(runs[0].spec.hparams()) if runs else []
     metrics = [summary_v2.Metric(tag, group="train") for tag in metric_tags]
     write_event(experiment_dir, summary_v2.hparams_config_pb([summary_v2.HParam(n) for n in names], metrics))
