@@ -29,6 +29,7 @@ class Run:
     ended_early: str | None = None
 
     def waiting_for(self) -> str:
+        """What the script waits for now, in words (for a stuck job's report)."""
         if not self.started:
             return "every replica Running"
         if self.awaiting:
@@ -50,12 +51,15 @@ class Driver:
         self.annotated: set[str] = set()  # UIDs of the pods the test told kwok to end
 
     def add(self, plan: JobPlan) -> None:
+        """Starts playing `plan` (its job has just been created)."""
         self.runs[plan.name] = Run(plan, started=not plan.driven)
 
     def unfinished(self) -> list[str]:
+        """Jobs without a terminal condition yet."""
         return [name for name in self.runs if self.jobs.outcome(name) is None]
 
     def tick(self) -> None:
+        """One step further for every job that can take one; notes when each last moved."""
         for run in self.runs.values():
             before = (run.step, run.started, run.awaiting)
             self._advance(run)

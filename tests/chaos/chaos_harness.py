@@ -84,6 +84,7 @@ class Operators:
         return code
 
     def stop_all(self) -> None:
+        """SIGKILLs every operator still running (resumed first if paused)."""
         for name in list(self.procs):
             with contextlib.suppress(ProcessLookupError):
                 self.procs[name].send_signal(signal.SIGCONT)
@@ -110,6 +111,7 @@ def lease_holder(api: client.ApiClient, namespace: str) -> str:
 
 
 def apiserver_ready(cp: ControlPlane) -> bool:
+    """kube-apiserver answers /readyz."""
     return cp.kubectl("get", "--raw", "/readyz", check=False, timeout=10).returncode == 0
 
 
@@ -203,6 +205,7 @@ class PodRecord:
 
 
 def exit_code(pod: Obj) -> int | None:
+    """The trainer container's exit code once it has terminated."""
     statuses = (pod.get("status") or {}).get("containerStatuses") or []
     trainer = next((s for s in statuses if s.get("name") == TRAINER_CONTAINER), {})
     return ((trainer.get("state") or {}).get("terminated") or {}).get("exitCode")
@@ -219,6 +222,7 @@ class PodLedger:
     counter: int = 0
 
     def seen(self, kind: str, pod: Obj) -> None:
+        """Records a watch event (or a listed pod): its phase, exit code, deletion; notes two live pods at once."""
         meta, labels = pod["metadata"], pod["metadata"].get("labels") or {}
         if LABEL_JOB not in labels:
             return
@@ -239,6 +243,7 @@ class PodLedger:
                 self.duplicates.append(f"{record.replica}: live pods {twins} at once")
 
     def listed(self, pods: list[Obj]) -> None:
+        """A fresh list after a watch gap: pods missing from it are gone."""
         present = {p["metadata"]["uid"] for p in pods}
         with self.lock:
             for record in self.pods.values():
@@ -247,10 +252,12 @@ class PodLedger:
             self.seen("LISTED", pod)
 
     def of_job(self, job: str) -> list[PodRecord]:
+        """The job's pods in the order they were first seen."""
         with self.lock:
             return sorted((p for p in self.pods.values() if p.replica[0] == job), key=lambda p: p.order)
 
     def lose(self, uid: str) -> None:
+        """Marks a pod the test deleted."""
         with self.lock:
             self.pods[uid].lost = True
 
@@ -273,6 +280,7 @@ class JobLedger:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def seen(self, kind: str, job: Obj) -> None:
+        """Records the job's status; notes a terminal condition that vanished or restarts that decreased."""
         name, status = job["metadata"]["name"], job.get("status") or {}
         if kind == "DELETED":
             return

@@ -56,6 +56,7 @@ class JobPlan:
         return [("chief", 0)] if "chief" in self.counts else [("worker", 0)]
 
     def manifest(self) -> Obj:
+        """The DistTrainJob to create."""
         specs: Obj = {}
         for role, count in self.counts.items():
             specs[role] = {"replicas": count, "restartPolicy": self.policies[role]}
@@ -79,10 +80,12 @@ def retryable(policy: str, code: int) -> bool:
 
 
 def retryable_code(rng: random.Random, policy: str) -> int | None:
+    """An exit code `policy` retries (None under Never)."""
     return None if policy == "Never" else rng.choice([137, 143] if policy == "ExitCode" else [1, 137])
 
 
 def permanent_code(rng: random.Random, policy: str) -> int | None:
+    """An exit code that fails the job under `policy` (None where every code is retried)."""
     return {"ExitCode": rng.choice([1, 2, 127]), "Never": rng.choice([1, 137])}.get(policy)
 
 
@@ -184,5 +187,6 @@ def _template_backoff(plan: JobPlan, rng: random.Random) -> None:
 
 
 def plan_jobs(rng: random.Random, count: int, prefix: str = "j") -> list[JobPlan]:
+    """`count` random jobs named <prefix>00, <prefix>01, ..."""
     return [plan_job(rng, f"{prefix}{i:02d}") for i in range(count)]
 

@@ -8,7 +8,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-from chaos_driver import Driver, failed_retryable, implied_outcome, pod_faults
+from chaos_driver import Driver, Run, failed_retryable, implied_outcome, pod_faults
 from chaos_harness import JobLedger, Operators, PodLedger, Watcher, log, watch_namespace
 from chaos_scenarios import JobPlan
 from controlplane import ControlPlane
@@ -39,10 +39,12 @@ class Scene:
     @classmethod
     def open(cls, cp: ControlPlane, api: client.ApiClient, namespace: str, rng: random.Random,
              operators: Operators) -> Scene:
+        """Starts the test's watches of the namespace (the operators start later)."""
         pods, jobs, watchers = watch_namespace(api, namespace)
         return cls(cp, api, namespace, rng, operators, pods, jobs, watchers, Driver(api, namespace, pods, jobs))
 
     def close(self) -> None:
+        """Kills the operators still running and stops the watches."""
         self.operators.stop_all()
         for watcher in self.watchers:
             watcher.stop()
@@ -117,42 +119,47 @@ class Verdict:
     figures: dict[str, object] = field(default_factory=dict)
 
 
+def judge_job(scene: Scene, run: Run) -> tuple[list[str], tuple[str, str] | None, int, int]:
+    """One job against what its pods imply: (problems, its outcome, pods failed retryably, restarts in status)."""
+    plan, pods = run.plan, scene.pods.of_job(run.plan.name)
+    outcome, status = scene.jobs.outcome(plan.name), scene.jobs.status.get(plan.name) or {}
+    implied, _ = implied_outcome(plan, pods)
+    failed, restarts = len(failed_retryable(plan, pods)), int(status.get("restarts") or 0)
+    where = f"{plan.name} ({plan.kind}, {plan.counts}, {plan.policies}, backoffLimit {plan.backoff_limit})"
+    if outcome is None:
+        return [f"stuck: {where}: waiting for {run.waiting_for()}; status {status}"], None, failed, restarts
+    problems = []
+    if outcome != implied:
+        problems.append(f"outcome: {where} ended {outcome}, its pods imply {implied}")
+    if restarts != failed:
+        problems.append(f"restarts: {where} says {restarts}, {failed} pods failed retryably")
+    if (implied, failed) != (plan.expect, plan.expect_restarts):
+        problems.append(f"script: {where} meant {plan.expect} with {plan.expect_restarts} restarts, "
+                        f"its pods imply {implied} with {failed}")
+    duplicates, missing = pod_faults(plan, pods)
+    problems += [f"duplicate pod: {d}" for d in duplicates] + [f"missing pod: {m}" for m in missing]
+    if run.ended_early:
+        problems.append(f"{where}: {run.ended_early}")
+    return problems, outcome, failed, restarts
+
+
 def judge(scene: Scene, seed: int) -> Verdict:
-    """Every job against what its pods imply; the ledgers' own findings; the run's figures."""
+    """Every job against what its pods imply; the ledgers' own findings; the run's figures (all logged)."""
     verdict = Verdict()
     outcomes: Counter[str] = Counter()
-    incarnations = failed_total = restarts_total = 0
-    for name, run in scene.driver.runs.items():
-        plan, pods = run.plan, scene.pods.of_job(name)
-        outcome, status = scene.jobs.outcome(name), scene.jobs.status.get(name) or {}
-        implied, _ = implied_outcome(plan, pods)
-        failed = failed_retryable(plan, pods)
-        restarts = int(status.get("restarts") or 0)
-        incarnations, failed_total, restarts_total = incarnations + len(pods), failed_total + len(failed), \
-            restarts_total + restarts
+    failed_total = restarts_total = 0
+    for run in scene.driver.runs.values():
+        problems, outcome, failed, restarts = judge_job(scene, run)
+        verdict.problems += problems
         outcomes[f"{outcome[0]}/{outcome[1]}" if outcome else "stuck"] += 1
-        where = f"{name} ({plan.kind}, {plan.counts}, {plan.policies}, backoffLimit {plan.backoff_limit})"
-        if outcome is None:
-            verdict.problems.append(f"stuck: {where}: waiting for {run.waiting_for()}; status {status}")
-            continue
-        if outcome != implied:
-            verdict.problems.append(f"outcome: {where} ended {outcome}, its pods imply {implied}")
-        if restarts != len(failed):
-            verdict.problems.append(f"restarts: {where} says {restarts}, {len(failed)} pods failed retryably")
-        if (implied, len(failed)) != (plan.expect, plan.expect_restarts):
-            verdict.problems.append(f"script: {where} meant {plan.expect} with {plan.expect_restarts} restarts, "
-                                    f"its pods imply {implied} with {len(failed)}")
-        duplicates, missing = pod_faults(plan, pods)
-        verdict.problems += [f"duplicate pod: {d}" for d in duplicates] + [f"missing pod: {m}" for m in missing]
-        if run.ended_early:
-            verdict.problems.append(f"{where}: {run.ended_early}")
-    verdict.problems += [f"duplicate pods: {d}" for d in scene.pods.duplicates]
-    verdict.problems += [f"status went back: {r}" for r in scene.jobs.regressions]
+        failed_total, restarts_total = failed_total + failed, restarts_total + restarts
+    verdict.problems += [f"duplicate pods: {d}" for d in dict.fromkeys(scene.pods.duplicates)]
+    verdict.problems += [f"status went back: {r}" for r in dict.fromkeys(scene.jobs.regressions)]
     verdict.figures = {
         "seed": seed, "seconds": round(time.monotonic() - scene.started), "jobs": len(scene.driver.runs),
         "operators started": scene.operators.started, "operator SIGKILLs": scene.operators.kills,
-        "pods (UIDs)": incarnations, "pods failed retryably": failed_total, "restarts in status": restarts_total,
-        "pods ended by the test": len(scene.driver.annotated),
+        "pods (UIDs)": len(scene.pods.pods), "pods failed retryably": failed_total,
+        "restarts in status": restarts_total, "pods ended by the test": len(scene.driver.annotated),
         "pods deleted by the test": sum(p.lost for p in scene.pods.pods.values()),
         "outcomes": dict(sorted(outcomes.items())),
     }

@@ -34,6 +34,7 @@ LEASE_TAKEOVER_SECONDS = 60.0  # a killed leader's Lease expires after 15 s; the
 
 @pytest.fixture
 def seed() -> int:
+    """DISTTRAIN_CHAOS_SEED, else a fresh one; printed first."""
     value = int(os.environ.get("DISTTRAIN_CHAOS_SEED") or random.SystemRandom().randrange(1_000_000))
     log(f"seed {value} (replay: DISTTRAIN_CHAOS_SEED={value} make test-chaos)")
     return value
@@ -41,6 +42,7 @@ def seed() -> int:
 
 def open_scene(control_plane: Any, k8s_client: client.ApiClient, namespace: str, seed: int, tmp_path: Path,
                elect: bool) -> Scene:
+    """A Scene whose operators log under `tmp_path` (with --leader-elect when `elect`)."""
     operators = Operators(control_plane.kubeconfig, namespace, tmp_path, elect=elect)
     return Scene.open(control_plane, k8s_client, namespace, random.Random(seed), operators)
 
@@ -48,6 +50,7 @@ def open_scene(control_plane: Any, k8s_client: client.ApiClient, namespace: str,
 @pytest.fixture
 def scene(control_plane: Any, crd: None, k8s_client: client.ApiClient, namespace: str, seed: int,
           tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Scene]:
+    """The run's Scene; parametrize indirectly with True for elected operators."""
     elect = bool(getattr(request, "param", False))
     opened = open_scene(control_plane, k8s_client, namespace, seed, tmp_path, elect)
     try:
