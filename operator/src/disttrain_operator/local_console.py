@@ -89,7 +89,7 @@ class Console:
         results = status.results
         metrics = results.model_dump(exclude_none=True) if results else _read_json(output_dir / "metrics.json")
         for key, label, fmt in SUMMARY_FIELDS if metrics else ():
-            if key in metrics:
+            if metrics.get(key) is not None:  # a resumed run that added no steps has no time or rate
                 lines.append(f"  {label + ':':<13}{fmt.format(metrics[key])}")
         lines.append(f"  outputs:     {output_dir}")
         for sub, label in OUTPUT_FOLDERS:
