@@ -692,7 +692,9 @@ class TrainingResults(Model):
     steps: int | None = None
     """Training steps run."""
     train_seconds: float | None = None
-    """Training time, seconds."""
+    """Training time, seconds, over every run of the job (unknown after resuming an old trainer's checkpoint)."""
+    resumed_from_step: int | None = None
+    """The checkpoint's step this run resumed from; unset for a run that started fresh."""
     examples_per_second: float | None = None
     """Training throughput of the whole job, steady state."""
     inference_ms_per_example: float | None = None
