@@ -34,6 +34,8 @@ class Run:
             return "every replica Running"
         if self.awaiting:
             step = self.plan.steps[self.step]
+            if step.settle:
+                return f"the status to count {step.role}-{step.index} ({self.awaiting}) completed"
             return f"a new pod for {step.role}-{step.index} after {self.awaiting} failed"
         if self.step < len(self.plan.steps):
             step = self.plan.steps[self.step]
@@ -81,12 +83,20 @@ class Driver:
         step = plan.steps[run.step]
         pod = self.pods.running((plan.name, step.role, step.index))
         if run.awaiting:
-            if pod is not None and pod.uid != run.awaiting:
+            if (step.settle and self.recorded(plan.name, step.role)) or (
+                    step.replaced and pod is not None and pod.uid != run.awaiting):
                 run.step, run.awaiting = run.step + 1, None
             return
         if pod is not None and self._end(pod, step):
-            run.awaiting = pod.uid if step.replaced else None
-            run.step += 0 if step.replaced else 1
+            waits = step.replaced or step.settle
+            run.awaiting = pod.uid if waits else None
+            run.step += 0 if waits else 1
+
+    def recorded(self, job: str, role: str) -> bool:
+        """The job's status counts every completed pod of `role` the test has seen (the operator saw them)."""
+        done = sum(1 for p in self.pods.of_job(job) if p.replica[1] == role and p.phase == "Succeeded")
+        status = self.jobs.status.get(job) or {}
+        return done > 0 and int(((status.get("replicaStatuses") or {}).get(role) or {}).get("succeeded") or 0) >= done
 
     def _end(self, pod: PodRecord, step: Step) -> bool:
         """Annotates the pod (only while it is still that UID) so that kwok ends it with the step's exit code."""

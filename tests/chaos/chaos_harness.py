@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,6 +127,23 @@ def restart_apiserver(cp: ControlPlane) -> float:
     cp.procs["kube-apiserver"], cp.pids["kube-apiserver"] = proc, proc.pid
     wait_for(lambda: apiserver_ready(cp), timeout=120, what="kube-apiserver ready again", interval=0.5)
     return time.monotonic() - started
+
+
+def compact_etcd(cp: ControlPlane) -> int:
+    """Compacts etcd's history up to now (its v3 JSON gateway), so that no watch can resume from before: every
+    watcher gets 410 Gone and must list again. Returns the revision."""
+    assert cp.log_dir is not None
+    command = (cp.log_dir / "etcd.cmd").read_text().split()
+    url = next(arg.split("=", 1)[1] for arg in command if arg.startswith("--listen-client-urls=")).split(",")[0]
+
+    def post(path: str, body: Obj) -> Obj:
+        request = urllib.request.Request(f"{url}{path}", json.dumps(body).encode(), method="POST")
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+
+    revision = int(post("/v3/kv/range", {"key": "AA=="})["header"]["revision"])
+    post("/v3/kv/compaction", {"revision": str(revision), "physical": True})
+    return revision
 
 
 # ---------------------------------------------------------------- watching
@@ -260,6 +278,11 @@ class PodLedger:
         """Marks a pod the test deleted."""
         with self.lock:
             self.pods[uid].lost = True
+
+    def successor(self, pod: PodRecord) -> PodRecord | None:
+        """A pod of the same replica first seen after `pod`."""
+        with self.lock:
+            return next((p for p in self.pods.values() if p.replica == pod.replica and p.order > pod.order), None)
 
     def running(self, replica: Replica) -> PodRecord | None:
         """The replica's live pod once it is Running."""

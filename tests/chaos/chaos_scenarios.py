@@ -28,6 +28,7 @@ class Step:
     index: int
     code: int
     replaced: bool = False  # wait for the replica's new pod before the next step
+    settle: bool = False  # wait until the job's status counts the completion before the next step
 
 
 @dataclass
@@ -139,7 +140,9 @@ def plan_job(rng: random.Random, name: str) -> JobPlan:
 def _succeed(plan: JobPlan, rng: random.Random) -> None:
     failures = _failures(plan, rng, rng.randint(0, 3))
     plan.backoff_limit = rng.randint(len(failures), len(failures) + 3)
-    plan.steps = [*failures, *(Step(role, index, 0) for role, index in plan.deciders())]
+    deciders = plan.deciders()  # each completion recorded before the next: a window for PodGC (lost pods)
+    plan.steps = [*failures, *(Step(role, index, 0, settle=n < len(deciders) - 1) for n, (role, index)
+                               in enumerate(deciders))]
     plan.expect, plan.expect_restarts = ("Succeeded", "JobSucceeded"), len(failures)
 
 

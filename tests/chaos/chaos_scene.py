@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from chaos_driver import Driver, Run, failed_retryable, implied_outcome, pod_faults
-from chaos_harness import JobLedger, Operators, PodLedger, Watcher, log, watch_namespace
+from chaos_harness import JobLedger, Operators, PodLedger, PodRecord, Watcher, log, watch_namespace
 from chaos_scenarios import JobPlan
 from controlplane import ControlPlane
 from kubernetes import client
@@ -35,6 +35,7 @@ class Scene:
     create_every: float = 1.0
     next_create: float = 0.0
     started: float = field(default_factory=time.monotonic)
+    problems: list[str] = field(default_factory=list)  # found while the run goes on
 
     @classmethod
     def open(cls, cp: ControlPlane, api: client.ApiClient, namespace: str, rng: random.Random,
@@ -78,6 +79,17 @@ class Scene:
             return False
         return True
 
+    def recreated(self, lost: list[PodRecord], within: float) -> list[str]:
+        """Drives until every lost Running pod of an unfinished job has a successor or `within` seconds passed;
+        returns those still missing."""
+        deadline = time.monotonic() + within
+        while True:
+            missing = [f"{'-'.join(map(str, p.replica))} ({p.uid})" for p in lost if p.phase == "Running"
+                       and self.jobs.outcome(p.replica[0]) is None and not self.pods.successor(p)]
+            if not missing or time.monotonic() >= deadline:
+                return missing
+            self.pump(0.5)
+
     def finish(self, timeout: float) -> None:
         """Drives until every job is created and has ended, no job is stuck, or `timeout` passed."""
         deadline = time.monotonic() + timeout
@@ -87,19 +99,18 @@ class Scene:
             self.pump(1.0)
 
 
-def lose_pods(scene: Scene, count: int) -> None:
+def lose_pods(scene: Scene, count: int) -> list[PodRecord]:
     """Deletes (grace 0) up to `count` pods as a lost node or PodGC would: Running pods of scripted jobs that the
-    test has not told to end (they must be recreated, not counted), and completed pods the job's status records
-    (they must never come back)."""
-    candidates = []
+    test has not told to end (they must be recreated, not counted), and completed pods the job's status counts
+    (they must never come back). Returns the pods deleted."""
+    candidates, lost = [], []
     for pod in list(scene.pods.pods.values()):
         job, role, index = pod.replica
         run = scene.driver.runs.get(job)
         if pod.gone or pod.deleting or run is None or scene.jobs.outcome(job) is not None:
             continue
-        done = ((scene.jobs.status.get(job) or {}).get("completedReplicas") or {}).get(role) or []
         if (pod.phase == "Running" and run.plan.driven and pod.uid not in scene.driver.annotated) or (
-                pod.phase == "Succeeded" and index in done):
+                pod.phase == "Succeeded" and scene.driver.recorded(job, role)):
             candidates.append(pod)
     core = client.CoreV1Api(scene.api)
     for pod in scene.rng.sample(candidates, min(count, len(candidates))):
@@ -111,6 +122,8 @@ def lose_pods(scene: Scene, count: int) -> None:
         except Exception:  # gone already, or the API server away
             continue
         scene.pods.lose(pod.uid)
+        lost.append(pod)
+    return lost
 
 
 @dataclass
@@ -153,6 +166,7 @@ def judge(scene: Scene, seed: int) -> Verdict:
         verdict.problems += problems
         outcomes[f"{outcome[0]}/{outcome[1]}" if outcome else "stuck"] += 1
         failed_total, restarts_total = failed_total + failed, restarts_total + restarts
+    verdict.problems += scene.problems
     verdict.problems += [f"duplicate pods: {d}" for d in dict.fromkeys(scene.pods.duplicates)]
     verdict.problems += [f"status went back: {r}" for r in dict.fromkeys(scene.jobs.regressions)]
     verdict.figures = {
@@ -161,6 +175,7 @@ def judge(scene: Scene, seed: int) -> Verdict:
         "pods (UIDs)": len(scene.pods.pods), "pods failed retryably": failed_total,
         "restarts in status": restarts_total, "pods ended by the test": len(scene.driver.annotated),
         "pods deleted by the test": sum(p.lost for p in scene.pods.pods.values()),
+        "of them completed": sum(p.lost and p.phase == "Succeeded" for p in scene.pods.pods.values()),
         "outcomes": dict(sorted(outcomes.items())),
     }
     log(f"figures: {verdict.figures}")
