@@ -73,6 +73,7 @@ THREADS = 16
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PODS_PER_NODE = 1000  # kwok nodes are free: a few large ones instead of many small ones
 TIMEOUT = 900.0
+SERVICE_CIDR = "10.96.0.0/16"  # added to the control plane's: one Service per training task
 
 
 @dataclass(frozen=True)
@@ -135,6 +136,16 @@ class OperatorProcess:
         self.log = log.open("ab")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         controlplane.wait_for(self.healthy, timeout=120, what="the operator's /healthz", interval=0.2)
+        self.profiler = self._profile(os.environ.get("DISTTRAIN_BENCH_PROFILE"), log)
+
+    def _profile(self, folder: str | None, log: Path) -> subprocess.Popen[bytes] | None:
+        """With $DISTTRAIN_BENCH_PROFILE, py-spy samples the operator (collapsed stacks in that folder)."""
+        if not folder:
+            return None
+        out = Path(folder) / f"{log.stem}.txt"
+        cmd = [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(self.proc.pid), "--gil"]
+        cmd += ["--format", "raw"]
+        return subprocess.Popen([*cmd, "--rate", "200", "-o", str(out)], stdout=subprocess.DEVNULL)
 
     def healthy(self) -> bool:
         if self.proc.poll() is not None:
@@ -162,6 +173,9 @@ class OperatorProcess:
         return before
 
     def stop(self) -> None:
+        if self.profiler is not None:
+            self.profiler.send_signal(signal.SIGINT)
+            self.profiler.wait()
         self.proc.send_signal(signal.SIGTERM)
         try:
             self.proc.wait(timeout=20)
@@ -260,6 +274,15 @@ class Bench:
             ),
             timeout=180,
             what="the DistTrainJob CRD Established",
+        )
+        # every training task has a Service with a cluster IP: more than the control plane's /24 holds
+        networking = client.NetworkingV1Api(self.api)
+        networking.create_service_cidr({"metadata": {"name": "bench"}, "spec": {"cidrs": [SERVICE_CIDR]}})
+        controlplane.wait_for(
+            lambda: job_marks(self.api.sanitize_for_serialization(networking.read_service_cidr("bench")))
+            == ["Ready"],
+            timeout=60,
+            what=f"ServiceCIDR {SERVICE_CIDR} Ready",
         )
         names = [f"bench-node-{i}" for i in range(capacity // PODS_PER_NODE + 1)]
         for name in names:
@@ -385,18 +408,18 @@ def raw_client(objects_file: Path, kubeconfig: str) -> None:
         "NetworkPolicy": networking.create_namespaced_network_policy,
     }
 
-    def one(obj: Obj) -> bool:
+    def one(obj: Obj) -> str | None:
         try:
             create[obj["kind"]](obj["metadata"]["namespace"], obj, _preload_content=False).data  # noqa: B018
-            return True
-        except client.ApiException:
-            return False
+            return None
+        except client.ApiException as error:
+            return f"{error.status} {str(error.body)[:300]}"
 
     print("ready", flush=True)
     sys.stdin.readline()
     with concurrent.futures.ThreadPoolExecutor(THREADS) as pool:
-        failures = sum(not ok for ok in pool.map(one, objects))
-    print(f"done {failures}", flush=True)
+        failures = [f for f in pool.map(one, objects) if f]
+    print(f"done {len(failures)} {failures[:1]}", flush=True)
     sys.stdin.read()
 
 
@@ -417,11 +440,13 @@ def run_raw(bench: Bench, jobs: dict[str, Obj], label: str) -> Obj:
         cpu, started = proc_cpu(proc.pid), time.monotonic()
         proc.stdin.write("go\n")
         proc.stdin.flush()
-        failures = int(proc.stdout.readline().split()[1])
+        _, failures, first = proc.stdout.readline().split(" ", 2)
+        if int(failures):
+            log(f"the raw client's creations failed {failures} times, first: {first.strip()}")
         cpu, rss = proc_cpu(proc.pid) - cpu, proc_peak_rss_mb(proc.pid)
         proc.stdin.close()
         proc.wait()
-        return {**timings(watch, pod_count(jobs), started), "cpu_s": cpu, "rss_mb": rss, "failures": failures}
+        return {**timings(watch, pod_count(jobs), started), "cpu_s": cpu, "rss_mb": rss, "failures": int(failures)}
     finally:
         bench.drop_namespace(namespace)
 
@@ -661,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--raw-client", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--kubeconfig", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the control plane and operator on the way out
     if args.raw_client:
         raw_client(args.raw_client, args.kubeconfig)
         return 0

@@ -1,8 +1,9 @@
 """Thin Kopf handlers for DistTrainJob: read the world, ask `lifecycle` and `builders`, act.
 
 Every path (job created/updated/resumed, any event on one of its pods, a wake-up) ends in
-`reconcile_job`, which is level-triggered: it reads the job as stored now and all of its pods from an
-in-memory index (no API list per event), asks `lifecycle.reconcile` for a Plan and applies it. Before any create
+`reconcile_job`, which is level-triggered: it takes the job as its watch last delivered it (no GET per pass) and
+its pods from the pod informer (informer.py; no API list per event), asks `lifecycle.reconcile` for a Plan and
+applies it. Before any create
 or delete, and at every resync, a fresh list checks the index (a watch gap can leave it stale); deletes carry
 the pod's UID and the status patch the job's resourceVersion, so no decision acts on a stale view. Refused
 creations back off per job (backoff.py); with --leader-elect only the Lease holder runs (leader.py).
@@ -23,7 +24,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -39,11 +40,13 @@ from .api import (
     DistTrainJobSpec,
     DistTrainJobStatus,
     InvalidSpecError,
+    ReplicaType,
     parse_spec,
     readable_ttl,
 )
 from .backoff import CreateGate, slow_start
 from .builders import build_network_policy, build_pod, build_service, build_task_service
+from .informer import PodInformer
 from .kube import (
     ForeignObjectError,
     Kube,
@@ -55,21 +58,22 @@ from .kube import (
 )
 from .leader import LeaderElector, standby_liveness
 from .lifecycle import Plan, ReplicaObservation, fail_invalid_spec, reconcile
-from .names import LABEL_JOB, LABEL_ROLE, controller_uid, pod_replica
+from .names import LABEL_ROLE, controller_uid, pod_replica
 from .observe import observe_pod
 from .policy import DEFAULT_POLICY, TemplatePolicy
 from .tfconfig import TRAINING_ROLES, pod_name
 
 JOB_RESOURCE = (GROUP, VERSION, PLURAL)
-POD_RESOURCE = ("", "v1", "pods")
 PREFIX = "disttrain.io"
 RESYNC_SECONDS = 60.0  # look at every unfinished job at least this often, whatever happens
 RETRY_SECONDS = 5.0  # look again this soon after a failed reconcile
 TICK_SECONDS = 0.5
+BUILD_OFF_LOOP = 20  # more pods than this in a pass are built in a worker thread: the event loop stays responsive
 
 logger = logging.getLogger(__name__)
 JobKey = tuple[str, str]  # (namespace, name)
 Obj = dict[str, Any]
+PodIndex = Mapping[JobKey, Any]  # job -> [(controlling owner's UID, observation)]: the informer, or a dict in tests
 
 
 @dataclass
@@ -80,7 +84,7 @@ class OperatorState:
     locks: dict[JobKey, asyncio.Lock] = field(default_factory=dict)
     queued: set[JobKey] = field(default_factory=set)
     due: dict[JobKey, float] = field(default_factory=dict)  # loop.time() of the next look
-    index: kopf.Index | None = None  # the pods index, as last handed to a handler
+    index: PodIndex | None = None  # the job's pods (the informer once started)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     reported: dict[JobKey, set[tuple[str, str]]] = field(
         default_factory=dict
@@ -89,6 +93,8 @@ class OperatorState:
     network_policy: bool = True  # a NetworkPolicy per job unless its spec says otherwise
     gates: dict[JobKey, CreateGate] = field(default_factory=dict)  # refused-create backoff and expectations
     relisted: dict[JobKey, float] = field(default_factory=dict)  # loop.time() of each job's last fresh pod list
+    jobs: dict[JobKey, Obj] = field(default_factory=dict)  # each job as last delivered by its watch or our patch
+    specs: dict[JobKey, tuple[str, int | None, DistTrainJobSpec]] = field(default_factory=dict)  # by uid, generation
 
     def lock(self, key: JobKey) -> asyncio.Lock:
         return self.locks.setdefault(key, asyncio.Lock())
@@ -100,6 +106,31 @@ class OperatorState:
         self.reported.pop(key, None)
         self.gates.pop(key, None)
         self.relisted.pop(key, None)
+        self.jobs.pop(key, None)
+        self.specs.pop(key, None)
+
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        """Runs `coroutine` as a task the operator keeps (and cancels at cleanup)."""
+        task = asyncio.create_task(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def keep_job(self, job: Obj) -> None:
+        """Remembers the newest copy of a job: an older resourceVersion (a watch event overtaken by our own patch)
+        never replaces a newer one. A stale copy would only cost a 409 and a fresh GET."""
+        key, kept = job_key(job), self.jobs.get(job_key(job))
+        if kept is None or _version(job) is None or _version(kept) is None or _version(job) >= _version(kept):
+            self.jobs[key] = job
+
+    def spec_of(self, job: Obj) -> DistTrainJobSpec:
+        """The job's validated spec, parsed once per generation (the spec cannot change without a new one)."""
+        meta, key = job["metadata"], job_key(job)
+        cached = self.specs.get(key)
+        if cached is not None and cached[:2] == (meta["uid"], meta.get("generation")):
+            return cached[2]
+        spec = parse_spec(meta["name"], job.get("spec") or {}, self.policy)
+        self.specs[key] = (meta["uid"], meta.get("generation"), spec)
+        return spec
 
     def gate(self, key: JobKey) -> CreateGate:
         return self.gates.setdefault(key, CreateGate())
@@ -137,13 +168,16 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     settings.networking.request_timeout = 60.0
     settings.networking.connect_timeout = 10.0
     settings.watching.server_timeout = 300  # an int: the API server rejects "300.0"
-    settings.watching.label_selectors[POD_RESOURCE] = LABEL_JOB  # watch only pods of some job
     state = OperatorState(
         kube=Kube(make_api_client(), request_timeout=30.0),
         policy=memo.get("policy", DEFAULT_POLICY),
         network_policy=memo.get("network_policy", True),
     )
-    state.tasks.add(asyncio.create_task(wake_up_loop(state), name="disttrain-wake-up"))
+    on_change = lambda key: state.spawn(reconcile_soon(state, key))  # noqa: E731
+    informer = PodInformer(make_api_client(), memo.get("namespaces"), on_change)
+    informer.start()
+    state.index = informer
+    state.spawn(wake_up_loop(state))
     memo.state = state
 
 
@@ -153,28 +187,15 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
     state: OperatorState | None = memo.get("state")
     if state is None:
         return
+    if isinstance(state.index, PodInformer):
+        state.index.stop()
     for task in state.tasks:
         task.cancel()
     await asyncio.gather(*state.tasks, return_exceptions=True)
-    state.kube.api_client.close()
+    state.kube.close()
 
 
-# ---------------------------------------------------------------- pods: index and events
-
-
-@kopf.index(*POD_RESOURCE, labels={LABEL_JOB: kopf.PRESENT}, id="job_pods")
-def job_pods(namespace: str, labels: kopf.Labels, body: kopf.Body, **_: Any) -> dict[JobKey, Any] | None:
-    """Pods by (namespace, job name): (controlling owner's UID, what lifecycle needs of the pod)."""
-    if pod_replica(body) is None:
-        return None
-    return {(namespace, labels[LABEL_JOB]): (controller_uid(body), observe_pod(body))}
-
-
-@kopf.on.event(*POD_RESOURCE, labels={LABEL_JOB: kopf.PRESENT}, id="pod-event")
-async def pod_event(namespace: str, labels: kopf.Labels, memo: kopf.Memo, job_pods: kopf.Index, **_: Any) -> None:
-    """Any change of a job's pod: reconcile the job (coalesced with other pending changes)."""
-    memo.state.index = job_pods
-    await reconcile_soon(memo.state, (namespace, labels[LABEL_JOB]))
+# ---------------------------------------------------------------- passes
 
 
 async def reconcile_soon(state: OperatorState, key: JobKey) -> None:
@@ -185,21 +206,34 @@ async def reconcile_soon(state: OperatorState, key: JobKey) -> None:
     if key in state.queued or state.index is None:
         return
     state.queued.add(key)
+    await _synced(state)
     with contextlib.suppress(InvalidSpecError):  # the job is Failed/InvalidSpec; nothing more to do
         await reconcile_or_retry(state, key, state.index)
 
 
+async def _synced(state: OperatorState) -> None:
+    """Waits until the informer has listed every watched namespace (no pass decides on a view still empty)."""
+    if isinstance(state.index, PodInformer):
+        await state.index.synced.wait()
+
+
 async def reconcile_or_retry(
-    state: OperatorState, key: JobKey, index: kopf.Index, ensure_service: bool = False
+    state: OperatorState, key: JobKey, index: PodIndex, ensure_service: bool = False
 ) -> None:
     """One pass; a failed one is one log line naming the job and the cause (the traceback only with --verbose)
     and a retry after RETRY_SECONDS. Raises InvalidSpecError (the job is now Failed/InvalidSpec)."""
     try:
-        await reconcile_job(state, key, index, ensure_service)
+        try:
+            await reconcile_job(state, key, index, ensure_service)
+        except StaleReadError as error:  # not a failure: another writer was first; decide again from a fresh read
+            logger.info("%s", error)
+            state.jobs.pop(key, None)
+            await reconcile_job(state, key, index, ensure_service)
     except InvalidSpecError:
         raise
-    except StaleReadError as error:  # not a failure: another writer was first; decide again from a fresh read
+    except StaleReadError as error:  # again: leave it to the wake-up loop
         logger.info("%s", error)
+        state.jobs.pop(key, None)
         state.due[key] = asyncio.get_running_loop().time()
     except Exception as error:
         now = asyncio.get_running_loop().time()
@@ -230,9 +264,7 @@ async def wake_up_loop(state: OperatorState) -> None:
         for key, due in list(state.due.items()):
             if due <= now and key not in state.queued:
                 state.due.pop(key, None)
-                task = asyncio.create_task(reconcile_soon(state, key))
-                state.tasks.add(task)
-                task.add_done_callback(state.tasks.discard)
+                state.spawn(reconcile_soon(state, key))
 
 
 # ---------------------------------------------------------------- jobs
@@ -240,21 +272,27 @@ async def wake_up_loop(state: OperatorState) -> None:
 
 @kopf.on.event(*JOB_RESOURCE, id="job-deleted")
 def job_event(event: kopf.RawEvent, namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
-    """A job deleted: forget its lock, wake-up time and reports (no pass may follow when it had no pods)."""
-    if event.get("type") == "DELETED" and "state" in memo:
+    """Keeps the job as delivered, for the next pass; a job deleted: forget its lock, wake-up time and reports (no
+    pass may follow when it had no pods)."""
+    if "state" not in memo:
+        return
+    if event.get("type") == "DELETED":
         memo.state.forget((namespace, name))
+    elif isinstance(event.get("object"), dict):
+        memo.state.keep_job(event["object"])
 
 
 @kopf.on.resume(*JOB_RESOURCE, id="job")
 @kopf.on.create(*JOB_RESOURCE, id="job")
 @kopf.on.update(*JOB_RESOURCE, field="spec", id="job")
-async def job_changed(namespace: str, name: str, memo: kopf.Memo, job_pods: kopf.Index, **_: Any) -> None:
+async def job_changed(namespace: str, name: str, memo: kopf.Memo, **_: Any) -> None:
     """Job created, its spec changed, or the operator (re)started: ensure the Service, then reconcile."""
     state: OperatorState = memo.state
-    state.index = job_pods
     state.queued.add((namespace, name))
+    await _synced(state)
+    assert state.index is not None
     try:
-        await reconcile_or_retry(state, (namespace, name), job_pods, ensure_service=True)
+        await reconcile_or_retry(state, (namespace, name), state.index, ensure_service=True)
     except InvalidSpecError as error:
         raise kopf.PermanentError(f"invalid spec: {error}") from error
 
@@ -267,7 +305,13 @@ def job_key(job: Obj) -> JobKey:
     return job["metadata"]["namespace"], job["metadata"]["name"]
 
 
-def observed_pods(job_pods: kopf.Index, key: JobKey, uid: str) -> list[ReplicaObservation]:
+def _version(job: Obj) -> int | None:
+    """The job's resourceVersion as a number (etcd's revision), None when it is not one."""
+    version = str(job["metadata"].get("resourceVersion", ""))
+    return int(version) if version.isdigit() else None
+
+
+def observed_pods(job_pods: PodIndex, key: JobKey, uid: str) -> list[ReplicaObservation]:
     """The job's pods from the index: only those this very job (by UID) controls."""
     entries: Iterable[tuple[str | None, ReplicaObservation]] = job_pods.get(key, [])
     return [observation for owner, observation in entries if owner == uid]
@@ -283,7 +327,7 @@ def status_patch(stored: Obj, new: DistTrainJobStatus) -> Obj | None:
     return wire
 
 
-async def reconcile_job(state: OperatorState, key: JobKey, job_pods: kopf.Index, ensure_service: bool = False) -> None:
+async def reconcile_job(state: OperatorState, key: JobKey, job_pods: PodIndex, ensure_service: bool = False) -> None:
     """Reads the job and its pods, plans with `lifecycle`, applies the plan (one pass at a time per job, timed).
 
     A spec that cannot run (pydantic says so, or the API server refuses a pod built from it) turns the
@@ -295,9 +339,11 @@ async def reconcile_job(state: OperatorState, key: JobKey, job_pods: kopf.Index,
             await _reconcile_locked(state, key, job_pods, ensure_service)
 
 
-async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.Index, ensure_service: bool) -> None:
+async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: PodIndex, ensure_service: bool) -> None:
     namespace, name = key
-    job = await state.kube.get_job(namespace, name)
+    job = state.jobs.get(key) or await state.kube.get_job(namespace, name)
+    if job is not None:  # this pass's own copy: it records the resourceVersion of its patches
+        job = {**job, "metadata": dict(job["metadata"])}
     if job is None or job["metadata"].get("deletionTimestamp"):
         state.forget(key)
         metrics.record_job_state(key, None)
@@ -306,7 +352,7 @@ async def _reconcile_locked(state: OperatorState, key: JobKey, job_pods: kopf.In
     stored = job.get("status") or {}
     now = datetime.now(UTC)
     try:
-        spec = parse_spec(name, job.get("spec") or {}, state.policy)
+        spec = state.spec_of(job)
         observed, plan = await plan_pass(state, job, spec, observed_pods(job_pods, key, uid), now)
         stored = await apply_plan(state, job, spec, plan, stored, ensure_service, observed)
     except InvalidSpecError as error:
@@ -452,6 +498,8 @@ async def apply_plan(
         version = await state.kube.patch_job_status(namespace, name, patch, meta["resourceVersion"])
         meta["resourceVersion"] = version or meta["resourceVersion"]  # a later patch in this pass builds on it
         stored = plan.status.model_dump(by_alias=True, mode="json")
+        if version is not None:
+            state.keep_job({**job, "status": stored})
     for event in plan.events:
         await state.kube.post_event(job, event.type, event.reason, event.message)
         metrics.JOB_EVENTS.labels(event.reason).inc()
@@ -460,14 +508,25 @@ async def apply_plan(
         if await state.kube.delete_pod(namespace, pod_name(name, role, index), uids.get((role, index)) or None):
             metrics.PODS_DELETED.inc()
     if spec is not None and (plan.create or (ensure_service and not plan.status.finished)):
-        pods = [build_pod(name, namespace, uid, spec, role, i) for role, i in plan.create]
-        task_services = [
-            build_task_service(name, namespace, uid, spec, role, i) for role, i in plan.create if role in TRAINING_ROLES
-        ]
+        pods, task_services = await build_children(name, namespace, uid, spec, plan.create)
         await create_job_children(state, job, spec, plan, pods, task_services)
     if plan.delete_job:
         await state.kube.delete_job(namespace, name)
     return stored
+
+
+async def build_children(
+    name: str, namespace: str, uid: str, spec: DistTrainJobSpec, replicas: list[tuple[ReplicaType, int]]
+) -> tuple[list[Obj], list[Obj]]:
+    """The pods and task Services of `replicas`; many are built in a worker thread, so that a large job (1,000
+    workers: each pod names every task) stalls neither /healthz nor the other jobs' passes."""
+
+    def build() -> tuple[list[Obj], list[Obj]]:
+        pods = [build_pod(name, namespace, uid, spec, role, i) for role, i in replicas]
+        services = [build_task_service(name, namespace, uid, spec, r, i) for r, i in replicas if r in TRAINING_ROLES]
+        return pods, services
+
+    return await asyncio.to_thread(build) if len(replicas) > BUILD_OFF_LOOP else build()
 
 
 async def create_job_children(
@@ -546,7 +605,7 @@ def run_operator(
             namespaces=namespaces or (),
             liveness_endpoint=liveness,
             standalone=standalone,
-            memo=kopf.Memo(policy=policy, network_policy=network_policy),
+            memo=kopf.Memo(policy=policy, network_policy=network_policy, namespaces=namespaces),
         )
     finally:
         stop.set()
