@@ -68,6 +68,7 @@ PREFIX = "disttrain.io"
 RESYNC_SECONDS = 60.0  # look at every unfinished job at least this often, whatever happens
 RETRY_SECONDS = 5.0  # look again this soon after a failed reconcile
 TICK_SECONDS = 0.5
+COALESCE_SECONDS = 0.03  # a pod event's pass waits this long for the job's other pod events (one pass for a burst)
 BUILD_OFF_LOOP = 20  # more pods than this in a pass are built in a worker thread: the event loop stays responsive
 
 logger = logging.getLogger(__name__)
@@ -173,7 +174,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
         policy=memo.get("policy", DEFAULT_POLICY),
         network_policy=memo.get("network_policy", True),
     )
-    on_change = lambda key: state.spawn(reconcile_soon(state, key))  # noqa: E731
+    on_change = lambda key: state.spawn(reconcile_soon(state, key, COALESCE_SECONDS))  # noqa: E731
     informer = PodInformer(make_api_client(), memo.get("namespaces"), on_change)
     informer.start()
     state.index = informer
@@ -198,7 +199,7 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 # ---------------------------------------------------------------- passes
 
 
-async def reconcile_soon(state: OperatorState, key: JobKey) -> None:
+async def reconcile_soon(state: OperatorState, key: JobKey, coalesce: float = 0.0) -> None:
     """Reconciles unless a pass for this job is already waiting (it will see the latest state anyway).
 
     Failures are logged and retried by the wake-up loop: events and wake-ups are not retried by Kopf.
@@ -207,6 +208,8 @@ async def reconcile_soon(state: OperatorState, key: JobKey) -> None:
         return
     state.queued.add(key)
     await _synced(state)
+    if coalesce:
+        await asyncio.sleep(coalesce)
     with contextlib.suppress(InvalidSpecError):  # the job is Failed/InvalidSpec; nothing more to do
         await reconcile_or_retry(state, key, state.index)
 
