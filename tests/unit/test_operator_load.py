@@ -65,8 +65,10 @@ def test_a_1000_worker_job_is_built_without_stalling_the_event_loop() -> None:
     state = OperatorState(kube=InstantKube())  # type: ignore[arg-type]
     started = time.monotonic()
     stall = asyncio.run(worst_stall(apply_plan(state, job, spec, plan, {})))
+    took = time.monotonic() - started
     assert len(plan.create) == 1011
-    assert stall < 0.25, f"the loop stalled {stall:.2f}s of {time.monotonic() - started:.2f}s"
+    # relative, so that a loaded machine does not fail it: the old code stalled ~100% of the time it took
+    assert stall < 0.3 * took, f"the loop stalled {stall:.2f}s of {took:.2f}s"
 
 
 def pod(name: str, index: int) -> Obj:
