@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from bench import trainer_plots as plots
 from bench.trainer_inference import time_saved_model
@@ -163,24 +164,29 @@ def accuracy(bench: Bench) -> dict[str, object]:
 
 
 def speedup(bench: Bench) -> dict[str, object]:
-    """examples/s and time to target against parameter-server workers, one thread per process."""
-    rows = []
-    cores = machine()["cpus_available"]
-    threads = bench.sizes.threads or cores
-    for workers in bench.sizes.speedup_workers:
-        (run,) = bench.runs("speedup", [bench.spec(PS, workers)])
-        usable = min(workers * threads, cores)
-        eps = run.metrics.get("examples_per_second")
-        rows.append({"workers": workers, "cores_usable": usable, **run.summary(),
-                     "examples_per_second_per_core": round(eps / usable, 1) if eps else None,  # type: ignore[operator]
-                     "examples_per_second_per_worker": round(eps / workers, 1) if eps else None})  # type: ignore[operator]
+    """examples/s and time to target against parameter-server workers, the same threads in every process."""
+    cores = int(machine()["cpus_available"])  # type: ignore[call-overload]
+    rows = [
+        {"workers": workers, **bench.runs("speedup", [bench.spec(PS, workers)])[0].summary()}
+        for workers in bench.sizes.speedup_workers
+    ]
+    return {"threads_per_process": bench.sizes.threads, "threads_note": THREADS_NOTE, "cores": cores,
+            "rows": speedup_rows(rows, cores)}
+
+
+def speedup_rows(rows: list[dict[str, Any]], cores: int) -> list[dict[str, Any]]:
+    """Add per-core and per-worker rates, speedups over the first row and the ideal lines: linear, and bounded
+    by the cores (N workers on C cores: at most min(N, C)/min(N1, C) of the first row's rate)."""
     base = rows[0]
     for row in rows:
-        row["speedup_examples_per_second"] = _ratio(row["examples_per_second"], base["examples_per_second"])
+        eps, workers = row["examples_per_second"], row["workers"]
+        row["examples_per_second_per_core"] = round(eps / cores, 1) if eps else None
+        row["examples_per_second_per_worker"] = round(eps / workers, 1) if eps else None
+        row["speedup_examples_per_second"] = _ratio(eps, base["examples_per_second"])
         row["speedup_time_to_target"] = _ratio(base["time_to_target_s"], row["time_to_target_s"])
-        row["ideal"] = row["workers"] / base["workers"]
-        row["ideal_bounded_by_cores"] = round(row["cores_usable"] / base["cores_usable"], 2)
-    return {"threads_per_process": bench.sizes.threads, "threads_note": THREADS_NOTE, "cores": cores, "rows": rows}
+        row["ideal"] = workers / base["workers"]
+        row["ideal_bounded_by_cores"] = min(workers, cores) / min(base["workers"], cores)
+    return rows
 
 
 def _ratio(top: object, bottom: object) -> float | None:
@@ -229,12 +235,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--data-dir", default=os.environ.get("MNIST_DIR"), help="MNIST (default $MNIST_DIR); "
                         "full MNIST (mnist.npz, 60k/10k) when you have it")
     parser.add_argument("--synthetic", action="store_true", help="synthetic images (no accuracy to speak of)")
+    parser.add_argument("--replot", action="store_true", help="only redraw the PNGs from OUT/trainer.json")
     parser.add_argument("--note", default="", help="recorded in the JSON, e.g. that the machine was shared")
     opts = parser.parse_args(argv)
     unknown = set(opts.experiments.split(",")) - set(EXPERIMENTS)
     if unknown:
         parser.error(f"unknown experiments {sorted(unknown)}; choose from {','.join(EXPERIMENTS)}")
-    if not opts.synthetic and not opts.data_dir:
+    if not opts.synthetic and not opts.data_dir and not opts.replot:
         parser.error("set MNIST_DIR or --data-dir (or pass --synthetic)")
     return opts
 
@@ -253,9 +260,22 @@ def write(out: Path, result: dict[str, object], started: float, complete: bool) 
     (out / "trainer.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
+def replot(out: Path) -> None:
+    """Redraw every experiment's PNG from OUT/trainer.json (derived speedup figures recomputed)."""
+    result = json.loads((out / "trainer.json").read_text())
+    if "speedup" in result:
+        result["speedup"]["rows"] = speedup_rows(result["speedup"]["rows"], result["speedup"]["cores"])
+    for name in EXPERIMENTS:
+        if name in result:
+            plots.PLOTS[name](result, out / f"trainer_{name}.png")
+    (out / "trainer.json").write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Run the chosen experiments, write the JSON and one PNG per experiment."""
     opts = parse_args(argv)
+    if opts.replot:
+        return replot(opts.out)
     sizes = QUICK if opts.quick else DEFAULT
     data_args = ["--synthetic"] if opts.synthetic else ["--data-dir", str(opts.data_dir)]
     opts.out.mkdir(parents=True, exist_ok=True)

@@ -17,8 +17,10 @@ COLORS = ("#555", "#2a7", "#187", "#064", "#36c", "#13a", "#c63", "#a3c")
 
 def _title(result: Result, what: str) -> str:
     m = result["machine"]
-    data = result.get("data") or "see data_args"
-    return f"{what}\n{m['cpu']}, {m['cpus_available']} cores ({m['note'] or 'see JSON'}); data: {data}"
+    data = str(result.get("data") or "see data_args")
+    data = data[data.find("(") + 1 : -1] if data.endswith(")") else data  # "test set only: fixed 8k train / ..."
+    shared = ", shared with other work during the run" if m["note"] else ""
+    return f"{what}\n{m['cpu']}, {m['cpus_available']} cores{shared}; MNIST: {data}"
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
@@ -68,19 +70,19 @@ def speedup(result: Result, path: Path) -> None:
     fig, (left, right) = plt.subplots(1, 2, figsize=(13, 5))
     left.plot(workers, [r["ideal"] for r in rows], "k--", lw=1, label="ideal (linear)")
     left.plot(workers, [r["ideal_bounded_by_cores"] for r in rows], color="#c00", lw=1.5,
-              label=f"ideal on this machine: bounded by its {exp['cores']} cores")
+              label=f"ideal on this machine: {exp['cores']} cores shared by every replica")
     for key, label, marker in (("speedup_examples_per_second", "examples/s", "o"),
                                ("speedup_time_to_target", f"time to {result['target_accuracy']:.0%}", "s")):
         pts = [(r["workers"], r[key]) for r in rows if r[key] is not None]
         left.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=label)
     bound = rows[-1]["ideal_bounded_by_cores"]
-    left.text(workers[-1], bound, f"{exp['cores']} cores, {exp['threads_per_process']} threads per replica: "
-              f"at most {bound:g}x here", ha="right", va="bottom", fontsize=8, color="#c00")
+    left.text(workers[-1], bound, f"bounded by the {exp['cores']} cores: at most {bound:g}x here",
+              ha="right", va="bottom", fontsize=8, color="#c00")
     left.set(xlabel=f"parameter-server workers ({exp['threads_per_process']} TensorFlow threads each)",
              ylabel="speedup over 1 worker", xticks=workers)
     left.legend(fontsize=8)
     width = 0.4
-    for offset, key, label in ((-width / 2, "examples_per_second_per_core", "per core used"),
+    for offset, key, label in ((-width / 2, "examples_per_second_per_core", "per core"),
                                (width / 2, "examples_per_second_per_worker", "per worker")):
         right.bar([i + offset for i in range(len(rows))], [r[key] or 0 for r in rows], width, label=label)
     right.set_xticks(range(len(rows)), [str(w) for w in workers])
@@ -95,6 +97,7 @@ def optimizers(result: Result, path: Path) -> None:
     """Adagrad against SGD: final and best accuracy, and time to target, against workers."""
     rows = result["optimizers"]["rows"]
     fig, (acc, time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    missing = time.get_xaxis_transform()  # x in data, y in axes fraction
     for optimizer, color in (("adagrad", "#2a7"), ("sgd", "#c63")):
         mine = [r for r in rows if r["optimizer"] == optimizer]
         workers = [r["workers"] for r in mine]
@@ -104,7 +107,9 @@ def optimizers(result: Result, path: Path) -> None:
         time.plot([p[0] for p in reached], [p[1] for p in reached], "-o", color=color, label=optimizer)
         for r in mine:
             if r["time_to_target_s"] is None:
-                time.annotate(f"{optimizer}: not reached", (r["workers"], 0), fontsize=8, color=color)
+                y = 0.04 if optimizer == "sgd" else 0.1
+                time.text(r["workers"], y, f"{optimizer}: not reached", transform=missing, fontsize=8, color=color,
+                          ha="center")
     _target_line(acc, result)
     acc.set(xlabel="parameter-server workers", ylabel="held-out accuracy", xticks=workers)
     time.set(xlabel="parameter-server workers", ylabel=f"seconds to {result['target_accuracy']:.0%}",
