@@ -189,26 +189,35 @@ class OperatorProcess:
 
 
 class Watch(threading.Thread):
-    """One watch stream on a namespace's pods or jobs, recording when each object first reached each mark."""
+    """One watch on a namespace's pods or jobs (resumed from its last resourceVersion whenever the server ends it),
+    recording when each object first reached each mark."""
 
-    def __init__(self, stream: Callable[[], Any], marks: Callable[[Obj], Iterable[str]]) -> None:
+    def __init__(self, stream: Callable[[str | None], Any], marks: Callable[[Obj], Iterable[str]]) -> None:
         super().__init__(daemon=True)
-        self.response = stream()
-        self.marks = marks
+        self.stream, self.marks = stream, marks
+        self.response: Any = None
+        self.closed = threading.Event()
         self.seen: dict[str, dict[str, float]] = {}  # mark -> object name -> first time seen
         self.changed = threading.Condition()
         self.start()
 
     def run(self) -> None:
-        with contextlib.suppress(Exception):  # the stream ends when closed
-            for line in iter_resp_lines(self.response):
-                event = json.loads(line)
-                obj, now = event["object"], time.monotonic()
-                name = obj.get("metadata", {}).get("name")
-                with self.changed:
-                    for mark in self.marks(obj):
-                        self.seen.setdefault(mark, {}).setdefault(name, now)
-                    self.changed.notify_all()
+        version: str | None = None
+        while not self.closed.is_set():
+            with contextlib.suppress(Exception):  # the server ended the watch, or it was closed
+                self.response = self.stream(version)
+                for line in iter_resp_lines(self.response):
+                    event = json.loads(line)
+                    obj, now = event["object"], time.monotonic()
+                    if event["type"] == "ERROR":  # 410: start over (first times are kept)
+                        version = None
+                        break
+                    version = obj["metadata"]["resourceVersion"]
+                    with self.changed:
+                        for mark in self.marks(obj):
+                            self.seen.setdefault(mark, {}).setdefault(obj["metadata"]["name"], now)
+                        self.changed.notify_all()
+            self.closed.wait(0.1)
 
     def at(self, mark: str) -> dict[str, float]:
         with self.changed:
@@ -221,12 +230,14 @@ class Watch(threading.Thread):
         deadline = time.monotonic() + timeout
         with self.changed:
             while len(self.seen.get(mark, {})) < count:
-                if not self.changed.wait(timeout=max(0.0, deadline - time.monotonic())):
+                self.changed.wait(timeout=1.0)  # short waits: SIGTERM is handled between them
+                if time.monotonic() > deadline:
                     have = len(self.seen.get(mark, {}))
                     raise TimeoutError(f"{have} of {count} objects reached {mark} in {timeout:.0f}s")
             return sorted(self.seen[mark].values())[count - 1]
 
     def close(self) -> None:
+        self.closed.set()
         with contextlib.suppress(Exception):
             self.response.shutdown()
         with contextlib.suppress(Exception):
@@ -324,27 +335,11 @@ class Bench:
         return time.monotonic() - started
 
     def watch_pods(self, namespace: str) -> Watch:
-        return Watch(
-            lambda: self.core.list_namespaced_pod(
-                namespace, watch=True, _preload_content=False, timeout_seconds=3600, _request_timeout=None
-            ),
-            pod_marks,
-        )
+        return Watch(lambda rv: self.core.list_namespaced_pod(namespace, **watch_options(rv)), pod_marks)
 
     def watch_jobs(self, namespace: str) -> Watch:
-        return Watch(
-            lambda: self.custom.list_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                watch=True,
-                _preload_content=False,
-                timeout_seconds=3600,
-                _request_timeout=None,
-            ),
-            job_marks,
-        )
+        list_jobs = self.custom.list_namespaced_custom_object
+        return Watch(lambda rv: list_jobs(GROUP, VERSION, namespace, PLURAL, **watch_options(rv)), job_marks)
 
     def create_jobs(self, namespace: str, jobs: dict[str, Obj]) -> dict[str, str]:
         """Creates the jobs at once (THREADS at a time); returns their UIDs by name."""
@@ -357,6 +352,11 @@ class Bench:
             return name, made["metadata"]["uid"]
 
         return dict(self.pool.map(create, jobs))
+
+
+def watch_options(version: str | None) -> Obj:
+    resume = {"resource_version": version} if version else {}
+    return {"watch": True, "_preload_content": False, "timeout_seconds": 3600, "_request_timeout": None, **resume}
 
 
 def node_manifest(name: str) -> Obj:
