@@ -83,14 +83,25 @@ class Driver:
         step = plan.steps[run.step]
         pod = self.pods.running((plan.name, step.role, step.index))
         if run.awaiting:
-            if (step.settle and self.recorded(plan.name, step.role)) or (
-                    step.replaced and pod is not None and pod.uid != run.awaiting):
+            if step.settle and self.recorded(plan.name, step.role):
+                self._collect(run.awaiting, f"{plan.name}-{step.role}-{step.index}")
+                run.step, run.awaiting = run.step + 1, None
+            elif step.replaced and pod is not None and pod.uid != run.awaiting:
                 run.step, run.awaiting = run.step + 1, None
             return
         if pod is not None and self._end(pod, step):
             waits = step.replaced or step.settle
             run.awaiting = pod.uid if waits else None
             run.step += 0 if waits else 1
+
+    def _collect(self, uid: str, name: str) -> None:
+        """Deletes a completed pod as PodGC does past its threshold (#10 item 4: it must never run again)."""
+        try:
+            self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0, _request_timeout=10,
+                                            body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)))
+        except Exception:  # gone already, or the API server away: it stays
+            return
+        self.pods.lose(uid)
 
     def recorded(self, job: str, role: str) -> bool:
         """The job's status counts every completed pod of `role` the test has seen (the operator saw them)."""
