@@ -294,3 +294,19 @@ def test_chief_started_first_waits_for_its_peers_then_trains(tmp_path: Path) -> 
         for task in (chief, *servers):
             if task.process.poll() is None:
                 task.process.kill()
+
+
+@pytest.mark.slow
+def test_one_thread_per_process_still_trains(tmp_path: Path) -> None:
+    """--threads 1 (one core per replica, the benchmark's fixed CPU budget) once hung a parameter-server worker:
+    with a single inter-op thread, a blocking op (a Recv, the input pipeline) held the only thread the step needed."""
+    cluster = local_cluster(chief=1, ps=1, worker=1)
+    args = ["--synthetic", "--max-steps", "12", "--log-every", "4", "--threads", "1", "--startup-timeout", "60"]
+    running = start_cluster(cluster, [*args, "--output-dir", str(tmp_path / "out")], tmp_path / "logs")
+    try:
+        codes = running.wait(180)
+    finally:
+        running.stop()
+    chief = running.task("chief")
+    assert codes["chief-0"] == 0, chief.stderr.read_text()[-2000:]
+    assert final_metrics(chief.output())["steps"] >= 12

@@ -22,6 +22,7 @@ from .cluster import (
     available_cpus,
     choose_strategy,
     parse_tf_config,
+    thread_pools,
 )
 from .failure import failure_line, redact, write_failure_message
 
@@ -140,8 +141,9 @@ def run(args: argparse.Namespace, config: ClusterConfig | None) -> int:
 def _configure_tensorflow(threads: int) -> None:
     import tensorflow as tf
 
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)
+    intra_op, inter_op = thread_pools(threads)
+    tf.config.threading.set_intra_op_parallelism_threads(intra_op)
+    tf.config.threading.set_inter_op_parallelism_threads(inter_op)
     gpus = tf.config.list_physical_devices("GPU")
     for gpu in gpus:  # take memory as needed: local mode may put several replicas on one card
         tf.config.experimental.set_memory_growth(gpu, True)

@@ -236,6 +236,17 @@ def slow_replica_for_tests() -> tuple[int, float] | None:
         raise ConfigError(f"{SLOW_REPLICA_ENV} must be <index>:<seconds>, got {raw!r}") from exc
 
 
+MIN_INTER_OP_THREADS = 2
+
+
+def thread_pools(threads: int) -> tuple[int, int]:
+    """TensorFlow's (intra-op, inter-op) pool sizes for `threads` CPUs. Computation gets `threads`; the inter-op
+    pool never fewer than 2: a step's blocking ops (a Recv from a parameter server, the input pipeline) each hold an
+    inter-op thread while they wait, and with only one a parameter-server worker deadlocked (a pod limited to one
+    CPU, or --threads 1)."""
+    return threads, max(threads, MIN_INTER_OP_THREADS)
+
+
 def available_cpus() -> int:
     """CPUs this process may really use: affinity mask, capped by a cgroup v2/v1 CPU quota."""
     try:

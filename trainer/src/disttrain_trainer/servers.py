@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import tensorflow as tf
 
-from .cluster import ClusterConfig, Role, address_accepts
+from .cluster import ClusterConfig, Role, address_accepts, thread_pools
 from .failure import redact, write_failure_message
 
 log = logging.getLogger(__name__)
@@ -74,7 +74,8 @@ def end_without_chief(state: str, watcher: ChiefWatcher) -> int:
 
 def session_config(threads: int) -> tf.compat.v1.ConfigProto:
     """Thread pools sized to the CPUs the process really has; GPU memory taken only as needed."""
-    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads, inter_op_parallelism_threads=threads)
+    intra_op, inter_op = thread_pools(threads)
+    config = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=intra_op, inter_op_parallelism_threads=inter_op)
     config.gpu_options.allow_growth = True
     return config
 
