@@ -455,11 +455,17 @@ async def create_children(state: OperatorState, job: Obj, children: list[Obj]) -
     return taken, refused
 
 
-async def create_pods(state: OperatorState, job: Obj, pods: list[Obj]) -> list[str]:
-    """Creates pods in slow-start batches (1, 2, 4, ...) that stop at the first refusal, so a full quota costs
-    one POST per pass, not one per missing pod. Returns the refusals."""
+async def create_pods(state: OperatorState, job: Obj, pods: list[Obj], task_services: dict[str, Obj]) -> list[str]:
+    """Creates pods in slow-start batches (1, 2, 4, ...) that stop at the first refusal, each batch's task Services
+    (named like their pods) just before it, so a full quota costs one pod POST and one Service POST per pass, not
+    one of each per missing pod. Returns the refusals."""
     for start, end in slow_start(len(pods)):
-        _, refused = await create_children(state, job, pods[start:end])
+        batch = pods[start:end]
+        services = [task_services[p["metadata"]["name"]] for p in batch if p["metadata"]["name"] in task_services]
+        taken, refused = await create_children(state, job, services)
+        if taken:  # a stranger's Service would receive the task's TensorFlow traffic (TF_CONFIG names it): wait
+            raise RefusedCreateError(f"{', '.join(sorted(taken))}: taken by another owner; no pods until it is gone")
+        refused = refused or (await create_children(state, job, batch))[1]
         if refused:
             return refused
     return []
@@ -535,7 +541,7 @@ async def build_children(
 async def create_job_children(
     state: OperatorState, job: Obj, spec: DistTrainJobSpec, plan: Plan, pods: list[Obj], task_services: list[Obj]
 ) -> None:
-    """The Service, NetworkPolicy and task Services first, then the pods: slow start, no POST of a pod created
+    """The Service and NetworkPolicy first, then the pods with their task Services: slow start, no POST of a pod created
     moments ago (not yet seen), none at all while the job's creations back off after a refusal."""
     meta = job["metadata"]
     key, now = job_key(job), asyncio.get_running_loop().time()
@@ -546,12 +552,13 @@ async def create_job_children(
     job_wide = [build_service(meta["name"], meta["namespace"], meta["uid"], spec)]
     if isolation:
         job_wide.append(build_network_policy(meta["name"], meta["namespace"], meta["uid"], spec))
-    taken, refused = await create_children(state, job, [*job_wide, *task_services])
+    taken, refused = await create_children(state, job, job_wide)
     if taken:  # a stranger's Service would receive the job's TensorFlow traffic (TF_CONFIG names it): wait
         raise RefusedCreateError(f"{', '.join(sorted(taken))}: taken by another owner; no pods until it is gone")
     expected = gate.still_expected([p["metadata"]["name"] for p in pods], now)
     pods = [p for p in pods if p["metadata"]["name"] not in expected]
-    refused = refused or await create_pods(state, job, pods)
+    by_name = {service["metadata"]["name"]: service for service in task_services}
+    refused = refused or await create_pods(state, job, pods, by_name)
     if refused:
         await report_refused_creates(state, job, refused)
     gate.created.update((p["metadata"]["name"], now) for p in pods)
