@@ -135,7 +135,11 @@ def test_ps_parameter_servers_complete_by_themselves(ps_job: dict) -> None:
 def test_ps_chief_logs_progress_and_resolves_peers_through_coredns(cluster: e2e.Cluster, ps_job: dict) -> None:
     logs = cluster.kubectl("logs", "mnist-ps-chief-0").stdout
     steps = ps_job["job"]["status"]["results"]["steps"]
-    assert f"progress step={steps}/{steps}" in logs
+    done = re.findall(r"^progress step=(\d+)/(\d+)\b", logs, re.MULTILINE)
+    assert done and done[-1][0] == done[-1][1], logs[-2000:]  # the progress bar ends full: every step ran
+    # results.steps is the optimizer's count: a closure the killed worker had in flight runs again (at least once),
+    # at most its two closures of 5 steps (--steps-per-dispatch)
+    assert int(done[-1][0]) <= steps <= int(done[-1][0]) + 2 * 5, (done[-1], steps)
     chief = pod_named(cluster, "mnist-ps", "mnist-ps-chief-0")["spec"]["containers"]
     env = next(c for c in chief if c["name"] == "tensorflow")["env"]
     config = json.loads(next(e["value"] for e in env if e["name"] == "TF_CONFIG"))
