@@ -128,7 +128,8 @@ class Cluster:
         return None
 
     def node_folder(self, path: Path) -> Path:
-        """Create a folder on the node, writable by any user (for a local PersistentVolume)."""
+        """Create an empty folder on the node, writable by any user (for a local PersistentVolume): a run never
+        resumes from a former run's checkpoints."""
         raise NotImplementedError
 
     def _timed(self, what: str, step) -> None:
@@ -252,6 +253,7 @@ class LocalNodeCluster(Cluster):
         return (self.node.log_dir / "coredns.log").read_text(errors="replace")
 
     def node_folder(self, path: Path) -> Path:
+        shutil.rmtree(path, ignore_errors=True)
         path.mkdir(parents=True, exist_ok=True)
         path.chmod(0o777)  # the trainer runs as 10001; fsGroup does not apply to local volumes
         return path
@@ -303,7 +305,8 @@ class KindCluster(Cluster):
         sh("docker", "exec", self.node_container, "ctr", "-n", "k8s.io", "tasks", "kill", "-s", "SIGKILL", container_id)
 
     def node_folder(self, path: Path) -> Path:
-        sh("docker", "exec", self.node_container, "sh", "-c", f"mkdir -p '{path}' && chmod 777 '{path}'")
+        script = f"rm -rf '{path}' && mkdir -p '{path}' && chmod 777 '{path}'"
+        sh("docker", "exec", self.node_container, "sh", "-c", script)
         return path
 
 

@@ -199,7 +199,9 @@ def test_shared_storage_example_and_tensorboard_through_port_forward(cluster: e2
     volume = e2e.local_volume("mnist-outputs-e2e", cluster.node_name, folder)
     cluster.apply_job([volume, *e2e.local_node_job(e2e.load_example("mnist-shared-storage.yaml"), mnist_dir)])
     cluster.wait_condition("mnist-shared-storage", "Succeeded", timeout=JOB_TIMEOUT)
-    assert results(cluster, "mnist-shared-storage")["accuracy"] >= MIN_ACCURACY
+    found = results(cluster, "mnist-shared-storage")
+    assert found["accuracy"] >= MIN_ACCURACY
+    assert found.get("resumedFromStep") is None, found  # a fresh run, not a former run's checkpoint resumed
     cluster.kubectl("rollout", "status", "deployment/mnist-tensorboard", "--timeout=300s", timeout=330)
     port = free_port()
     forward = subprocess.Popen(
