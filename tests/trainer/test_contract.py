@@ -160,8 +160,8 @@ def test_finished_run_reports_exactly_the_documented_metrics(
     data = Mnist(images, labels, images[:20], labels[:20], source="synthetic")
     runner = SimpleNamespace(model=build_model(), hp=SimpleNamespace(batch_size=64), examples_per_step=128)
     clock = training.Throughput()
-    clock.add(50 * 128, 2.0)
-    clock.add(50 * 128, 1.0)
+    clock.add(50 * 128, 2.0, staleness=np.zeros(50))
+    clock.add(50 * 128, 1.0, staleness=np.ones(50))
     paths = OutputPaths.resolve(str(tmp_path / "out"), None, None, None)
 
     metrics = training._finish(runner, "single", data, paths, Summaries(None), 100, clock, (0.3, 0.9))  # type: ignore[arg-type]

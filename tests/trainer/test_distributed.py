@@ -126,6 +126,10 @@ def test_outputs_event_tags_checkpoints_export(ps_run: tuple[LocalCluster, Path,
     train_tags = event_tags(out / "logs" / "train")
     expected = {"loss", "accuracy", "learning_rate", "examples_per_sec", "heldout_accuracy", "predictions", "hparams"}
     assert expected <= train_tags
+    # DistBelief's figures: each worker's step rate, the updates' staleness and Adagrad's adapted step sizes
+    per_worker = {"steps_per_sec/worker-0", "steps_per_sec/worker-1"}
+    staleness = {"staleness", "staleness/mean", "staleness/max"}
+    assert per_worker | staleness | {"effective_learning_rate", "effective_learning_rate/median"} <= train_tags
     # the held-out curve has a point at each checkpoint, not only at the end (README: "at each checkpoint")
     saved = sorted(int(p.name.split("-")[1].split(".")[0]) for p in (out / "checkpoints").glob("ckpt-*.index"))
     metrics = json.loads((out / "metrics.json").read_text())

@@ -41,6 +41,8 @@ def test_a_slow_parameter_server_worker_does_not_hold_the_others_back(tmp_path: 
     slowed = run_job(tmp_path / "slowed", local_cluster(chief=1, ps=1, worker=2), steps, slow=True)
     for metrics in (calm, slowed):
         assert sum(metrics["replica_steps"].values()) == steps, metrics  # each dispatched step counted once
+        assert metrics["staleness"]["updates"] == steps, metrics  # every update's staleness measured
+        assert 0 <= metrics["staleness"]["p50"] <= metrics["staleness"]["p99"] <= metrics["staleness"]["max"], metrics
     rate = slowed["replica_steps_per_second"]["worker-0"]
     undisturbed = calm["replica_steps_per_second"]["worker-0"]
     assert rate >= 0.8 * undisturbed, (slowed, calm)
@@ -51,6 +53,9 @@ def test_a_slow_mirrored_replica_slows_every_replica(tmp_path: Path) -> None:
     steps = 24
     metrics = run_job(tmp_path, local_cluster(chief=0, worker=2), steps, slow=True)
     assert metrics["replica_steps"] == {"worker-0": steps, "worker-1": steps}
+    assert metrics["staleness"] == {"p50": 0, "p99": 0, "max": 0, "mean": 0.0, "updates": steps}  # synchronous
     # every step waits for worker 1's batch (a batch or two may be prefetched while the first steps trace)
     assert metrics["train_seconds"] >= (steps - 2) * SLOW_SECONDS, metrics
-    assert metrics["replica_steps_per_second"]["worker-0"] <= 1.05 / SLOW_SECONDS, metrics
+    # at the slowed replica's pace (an undisturbed worker runs over 10 steps/s); batches prefetched while the first
+    # interval traced can still land in the steady-state intervals (2.17 steps/s seen on a loaded machine)
+    assert metrics["replica_steps_per_second"]["worker-0"] <= 1.25 / SLOW_SECONDS, metrics

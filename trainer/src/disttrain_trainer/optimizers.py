@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 OPTIMIZERS = ("adagrad", "sgd", "adam")
@@ -91,6 +92,11 @@ class ShardedOptimizer(tf.Module):
     ) -> None:
         raise NotImplementedError
 
+    def effective_learning_rates(self) -> np.ndarray | None:
+        """Each parameter's current step size per unit of gradient, where it adapts; None where it is the
+        learning rate itself (read on the coordinator: the slots come from wherever they live)."""
+        return None
+
 
 class Adagrad(ShardedOptimizer):
     """Adagrad (Duchi et al.), DistBelief's adaptive learning rate: lr / sqrt(sum of squared gradients)."""
@@ -112,6 +118,11 @@ class Adagrad(ShardedOptimizer):
             grad=grad,
             use_locking=False,
         )
+
+    def effective_learning_rates(self) -> np.ndarray:
+        """lr / (sqrt(accumulator) + epsilon) per parameter: each shrinks as its squared gradients add up."""
+        accumulators = np.concatenate([np.ravel(slot.numpy()) for slot in self.slots["accumulator"]])
+        return self.learning_rate / (np.sqrt(accumulators) + self.epsilon)
 
 
 class SGD(ShardedOptimizer):

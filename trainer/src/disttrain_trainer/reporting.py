@@ -108,12 +108,20 @@ class Summaries:
 
     def __init__(self, log_dir: Path | None) -> None:
         self._writer = tf.summary.create_file_writer(str(log_dir)) if log_dir else tf.summary.create_noop_writer()
+        self.enabled = log_dir is not None  # False: nothing is written, so nothing need be computed for it
 
     def scalars(self, step: int, values: dict[str, float]) -> None:
         """One scalar per tag at `step`."""
         with self._writer.as_default(step=step):
             for tag, value in values.items():
                 tf.summary.scalar(tag, value)
+        self._writer.flush()
+
+    def histograms(self, step: int, values: dict[str, np.ndarray]) -> None:
+        """One histogram per tag at `step` (TensorBoard's Histograms and Distributions tabs)."""
+        with self._writer.as_default(step=step):
+            for tag, data in values.items():
+                tf.summary.histogram(tag, data)
         self._writer.flush()
 
     def predictions(self, step: int, images: np.ndarray, predicted: np.ndarray, labels: np.ndarray) -> None:

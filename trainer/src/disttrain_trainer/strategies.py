@@ -63,10 +63,12 @@ def mixed_precision_policy(replicas: Iterable[Collection[str]]) -> str:
 
 @dataclass(frozen=True)
 class StepResults:
-    """What `Runner.run` did: each step's training loss and accuracy, and how many steps each replica ran."""
+    """What `Runner.run` did: each step's training loss, accuracy and staleness (other updates applied between
+    its parameter read and its own update; staleness.py), and how many steps each replica ran."""
 
     losses: np.ndarray
     accuracies: np.ndarray
+    staleness: np.ndarray
     replica_steps: dict[str, int]
 
     @property
@@ -106,8 +108,11 @@ class Runner:
         """Images consumed by one global step."""
         return self.global_batch
 
-    def replica_step(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Forward, backward, (all-reduce when synchronous), apply; returns local (loss, accuracy)."""
+    def replica_step(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """Forward, backward, (all-reduce when synchronous), apply; returns local (loss, accuracy, staleness)."""
+        read_at = self.optimizer.iterations.read_value()  # the update count as this step starts
+        with tf.control_dependencies([read_at]):  # Keras layers leave an outer control context: order the input
+            images = tf.identity(images)
         with tf.GradientTape() as tape:
             probs = self.model(images, training=True)
             per_example = keras.losses.sparse_categorical_crossentropy(labels, probs)
@@ -118,10 +123,11 @@ class Runner:
             grads = [g / self.loss_scale.scale for g in grads]
         if self.replicas > 1:  # before the finiteness check, so that every replica skips the same steps
             grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        self.optimizer.apply(grads, self.variables, self.loss_scale)
+        step = self.optimizer.apply(grads, self.variables, self.loss_scale)
+        staleness = tf.cast(step - 1 - read_at, tf.float32)  # other replicas' updates in between: Downpour's cost
         predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
-        return tf.reduce_mean(per_example), accuracy
+        return tf.reduce_mean(per_example), accuracy, staleness
 
     def step(self) -> int:
         """The global step (optimizer update count)."""
@@ -155,17 +161,16 @@ class LocalRunner(Runner):
         self._iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
         self._step_fn = tf.function(self._distributed_step)
 
-    def _distributed_step(self, iterator: tf.distribute.DistributedIterator) -> tuple[tf.Tensor, tf.Tensor]:
+    def _distributed_step(self, iterator: tf.distribute.DistributedIterator) -> tuple[tf.Tensor, ...]:
         images, labels = next(iterator)
-        loss, accuracy = self.strategy.run(self.replica_step, args=(images, labels))
-        mean = tf.distribute.ReduceOp.MEAN
-        return self.strategy.reduce(mean, loss, axis=None), self.strategy.reduce(mean, accuracy, axis=None)
+        outputs = self.strategy.run(self.replica_step, args=(images, labels))
+        return tuple(self.strategy.reduce(tf.distribute.ReduceOp.MEAN, value, axis=None) for value in outputs)
 
     def run(self, steps: int, ahead: int = 0) -> StepResults:
         """Run synchronously (every replica runs every step), reading results once at the end."""
         results = [self._step_fn(self._iterator) for _ in range(steps)]
-        losses, accuracies = (np.array([float(r[i]) for r in results]) for i in (0, 1))
-        return StepResults(losses, accuracies, dict.fromkeys(self.replica_names, steps))
+        losses, accuracies, staleness = (np.array([float(r[i]) for r in results]) for i in (0, 1, 2))
+        return StepResults(losses, accuracies, staleness, dict.fromkeys(self.replica_names, steps))
 
 
 class MirroredRunner(LocalRunner):
@@ -212,16 +217,19 @@ class ParameterServerRunner(Runner):
 
     def _worker_steps(self, iterator: tf.distribute.DistributedIterator, count: tf.Tensor) -> tuple[tf.Tensor, ...]:
         """`count` consecutive steps on one worker, each reading the current parameters and pushing its
-        update (Downpour's n_fetch = n_push = 1); one dispatch from the chief pays for all of them."""
+        update (Downpour's n_fetch = n_push = 1); one dispatch from the chief pays for all of them. Returns the
+        mean loss and accuracy, the worker's index and each step's staleness."""
         total_loss, total_accuracy = tf.constant(0.0), tf.constant(0.0)
-        for _ in tf.range(count):
+        staleness = tf.TensorArray(tf.float32, size=count)
+        for index in tf.range(count):
             images, labels = next(iterator)
-            loss, accuracy = self.strategy.run(self.replica_step, args=(images, labels))
+            loss, accuracy, stale = self.strategy.run(self.replica_step, args=(images, labels))
             total_loss += loss
             total_accuracy += accuracy
+            staleness = staleness.write(index, stale)
         steps = tf.cast(count, tf.float32)
         worker = tf.distribute.coordinator.experimental_get_current_worker_index()
-        return total_loss / steps, total_accuracy / steps, worker
+        return total_loss / steps, total_accuracy / steps, worker, staleness.stack()
 
     def run(self, steps: int, ahead: int = 0) -> StepResults:
         """Complete `steps` asynchronous steps, reading each closure's result as it arrives, in any order: no
@@ -230,17 +238,19 @@ class ParameterServerRunner(Runner):
         chief logs and checkpoints; failed closures are retried by the coordinator."""
         losses: list[float] = []
         accuracies: list[float] = []
+        staleness: list[float] = []
         replica_steps = dict.fromkeys(self.replica_names, 0)
         while len(losses) < steps:
             self._fill(steps + ahead - len(losses))
             finished, _ = futures.wait(self._in_flight, return_when=futures.FIRST_COMPLETED)
             for future in finished:
                 size = self._in_flight.pop(future)
-                loss, accuracy, worker = future.result()
+                loss, accuracy, worker, stale = future.result()
                 losses += [float(loss)] * size  # a closure reports its mean: repeated for each of its steps
                 accuracies += [float(accuracy)] * size
+                staleness += [float(s) for s in np.ravel(stale)]
                 replica_steps[f"{Role.WORKER}-{int(worker)}"] += size
-        return StepResults(np.array(losses), np.array(accuracies), replica_steps)
+        return StepResults(np.array(losses), np.array(accuracies), np.array(staleness), replica_steps)
 
     def _fill(self, budget: int) -> None:
         """Schedule closures of up to `steps_per_dispatch` steps until the in-flight bound is reached or the

@@ -20,7 +20,8 @@ from .data import Mnist
 from .evaluation import checkpoint_for, evaluate, inference_timing, local_copy, step_of
 from .reporting import OutputPaths, Summaries, emit, export_model, hparams_markdown, progress_line, write_metrics
 from .resume import FRESH, History, Layout, check_resume
-from .strategies import HParams, Runner, make_runner
+from .staleness import Staleness
+from .strategies import HParams, Runner, StepResults, make_runner
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +47,9 @@ class Budget:
 
 @dataclass
 class Throughput:
-    """Training time, examples/s and each replica's steps/s. The first chunk (tracing, shipping functions to the
-    workers) counts in the time but not in the rates when later chunks exist, so every strategy is compared in
-    steady state."""
+    """Training time, examples/s, each replica's steps/s and the staleness of every update. The first chunk
+    (tracing, shipping functions to the workers) counts in the time but not in the rates when later chunks exist,
+    so every strategy is compared in steady state."""
 
     chunks: int = 0
     seconds: float = 0.0
@@ -56,9 +57,17 @@ class Throughput:
     steady: tuple[int, float] = (0, 0.0)
     replica_steps: Counter[str] = field(default_factory=Counter)
     first_replica_steps: Counter[str] = field(default_factory=Counter)
+    staleness: Staleness = field(default_factory=Staleness)
 
-    def add(self, examples: int, seconds: float, replica_steps: Mapping[str, int] | None = None) -> None:
-        """Record one chunk of training, and the steps each replica ran in it."""
+    def add(
+        self,
+        examples: int,
+        seconds: float,
+        replica_steps: Mapping[str, int] | None = None,
+        staleness: np.ndarray | None = None,
+    ) -> None:
+        """Record one chunk of training, the steps each replica ran in it and its updates' staleness."""
+        self.staleness.add(staleness if staleness is not None else ())
         if self.chunks:
             self.steady = (self.steady[0] + examples, self.steady[1] + seconds)
         else:
@@ -157,20 +166,36 @@ def _train_steps(
         elapsed = time.perf_counter() - start
         # Steps completed, not the optimizer's count: parameter-server closures still in flight have moved that on.
         previous, step = step, step + results.steps
-        clock.add(results.steps * runner.examples_per_step, elapsed, results.replica_steps)
-        speed = results.steps * runner.examples_per_step / elapsed
-        last = (float(np.mean(results.losses)), float(np.mean(results.accuracies)))
-        rates = {f"steps_per_sec/{name}": n / elapsed for name, n in results.replica_steps.items()}
-        scalars = {"loss": last[0], "accuracy": last[1], "learning_rate": runner.hp.learning_rate}
-        summaries.scalars(step, scalars | {"examples_per_sec": speed} | rates)
+        clock.add(results.steps * runner.examples_per_step, elapsed, results.replica_steps, results.staleness)
+        last = _log_interval(runner, summaries, step, results, elapsed)
         if saver.is_chief:
-            emit(progress_line(step, max_steps, last[0], last[1], speed))
+            emit(progress_line(step, max_steps, *last, results.steps * runner.examples_per_step / elapsed))
         if budget.checkpoint_every and (step // budget.checkpoint_every > previous // budget.checkpoint_every):
             saver.save(step, clock.seconds)
             if saver.is_chief and step < max_steps:  # the held-out curve, a point per checkpoint (the last at the end)
                 heldout = evaluate(local_copy(runner.model), data)
                 summaries.scalars(step, {"heldout_accuracy": heldout.accuracy, "heldout_loss": heldout.loss})
     return step, clock, last
+
+
+def _log_interval(
+    runner: Runner, summaries: Summaries, step: int, results: StepResults, elapsed: float
+) -> tuple[float, float]:
+    """TensorBoard for one logging interval: training loss and accuracy, examples/s, each replica's steps/s, the
+    updates' staleness and (Adagrad) the effective learning rates. Returns the interval's mean loss and accuracy."""
+    loss, accuracy = float(np.mean(results.losses)), float(np.mean(results.accuracies))
+    rates = {f"steps_per_sec/{name}": n / elapsed for name, n in results.replica_steps.items()}
+    scalars = {"loss": loss, "accuracy": accuracy, "learning_rate": runner.hp.learning_rate}
+    scalars["examples_per_sec"] = results.steps * runner.examples_per_step / elapsed
+    histograms = {"staleness": results.staleness}
+    scalars["staleness/mean"] = float(np.mean(results.staleness))
+    scalars["staleness/max"] = float(np.max(results.staleness))
+    if summaries.enabled and (effective := runner.optimizer.effective_learning_rates()) is not None:
+        histograms["effective_learning_rate"] = effective
+        scalars["effective_learning_rate/median"] = float(np.median(effective))
+    summaries.scalars(step, scalars | rates)
+    summaries.histograms(step, histograms)
+    return loss, accuracy
 
 
 def _finish(
@@ -205,6 +230,7 @@ def _finish(
         "examples_per_second": clock.examples_per_second(),
         "replica_steps": dict(sorted(clock.replica_steps.items())),
         "replica_steps_per_second": clock.replica_steps_per_second(),
+        "staleness": clock.staleness.summary(),
         "batch_size": runner.hp.batch_size,
         "global_batch_size": runner.examples_per_step,
         "train_examples": len(data.x_train),
