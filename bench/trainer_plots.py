@@ -94,9 +94,9 @@ def speedup(result: Result, path: Path) -> None:
 
 
 def optimizers(result: Result, path: Path) -> None:
-    """Adagrad against SGD: final and best accuracy, and time to target, against workers."""
+    """Adagrad against SGD: final and best accuracy, time to target and the updates' staleness, against workers."""
     rows = result["optimizers"]["rows"]
-    fig, (acc, time) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (acc, time, stale) = plt.subplots(1, 3, figsize=(17, 4.5))
     missing = time.get_xaxis_transform()  # x in data, y in axes fraction
     for optimizer, color in (("adagrad", "#2a7"), ("sgd", "#c63")):
         mine = [r for r in rows if r["optimizer"] == optimizer]
@@ -110,12 +110,18 @@ def optimizers(result: Result, path: Path) -> None:
                 y = 0.04 if optimizer == "sgd" else 0.1
                 time.text(r["workers"], y, f"{optimizer}: not reached", transform=missing, fontsize=8, color=color,
                           ha="center")
+        measured = [r for r in mine if r.get("staleness")]
+        for key, style in (("p50", "-o"), ("p99", "--s"), ("max", ":^")):
+            stale.plot([r["workers"] for r in measured], [r["staleness"][key] for r in measured], style, color=color,
+                       label=f"{optimizer} {key}")
     _target_line(acc, result)
     acc.set(xlabel="parameter-server workers", ylabel="held-out accuracy", xticks=workers)
     time.set(xlabel="parameter-server workers", ylabel=f"seconds to {result['target_accuracy']:.0%}",
              xticks=workers)
+    stale.set(xlabel="parameter-server workers", ylabel="staleness: other updates during a step", xticks=workers)
     acc.legend(fontsize=8)
     time.legend(fontsize=8)
+    stale.legend(fontsize=8)
     fig.suptitle(_title(result, "Adagrad against plain SGD under asynchrony (Downpour)"), fontsize=10)
     _save(fig, path)
 
