@@ -27,6 +27,7 @@ class Run:
     awaiting: str | None = None  # the failed pod's UID whose replacement the next step waits for
     progress_at: float = field(default_factory=time.monotonic)
     ended_early: str | None = None
+    history: list[str] = field(default_factory=list)  # what the driver did and saw, for a problem's message
 
     def waiting_for(self) -> str:
         """What the script waits for now, in words (for a stuck job's report)."""
@@ -85,11 +86,14 @@ class Driver:
         if run.awaiting:
             if step.settle and self.recorded(plan.name, step.role):
                 self._collect(run.awaiting, f"{plan.name}-{step.role}-{step.index}")
+                run.history.append(f"step {run.step}: {run.awaiting[:8]} recorded")
                 run.step, run.awaiting = run.step + 1, None
             elif step.replaced and pod is not None and pod.uid != run.awaiting:
+                run.history.append(f"step {run.step}: {pod.uid[:8]} replaced {run.awaiting[:8]}")
                 run.step, run.awaiting = run.step + 1, None
             return
         if pod is not None and self._end(pod, step):
+            run.history.append(f"step {run.step}: {step.role}-{step.index} {pod.uid[:8]} told to exit {step.code}")
             waits = step.replaced or step.settle
             run.awaiting = pod.uid if waits else None
             run.step += 0 if waits else 1

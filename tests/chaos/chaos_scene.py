@@ -132,6 +132,12 @@ class Verdict:
     figures: dict[str, object] = field(default_factory=dict)
 
 
+def describe(pods: list[PodRecord]) -> list[str]:
+    """Each pod's history in the order first seen, for a problem's message: what the script did not foresee."""
+    return [f"{'-'.join(map(str, p.replica[1:]))} {p.uid[:8]} {p.phase} exit {p.exit_code}"
+            f"{' lost' if p.lost else ''}{' gone' if p.gone else ''} seen #{p.order} ended #{p.ended}" for p in pods]
+
+
 def judge_job(scene: Scene, run: Run) -> tuple[list[str], tuple[str, str] | None, int, int]:
     """One job against what its pods imply: (problems, its outcome, pods failed retryably, restarts in status)."""
     plan, pods = run.plan, scene.pods.of_job(run.plan.name)
@@ -148,7 +154,7 @@ def judge_job(scene: Scene, run: Run) -> tuple[list[str], tuple[str, str] | None
         problems.append(f"restarts: {where} says {restarts}, {failed} pods failed retryably")
     if (implied, failed) != (plan.expect, plan.expect_restarts):
         problems.append(f"script: {where} meant {plan.expect} with {plan.expect_restarts} restarts, "
-                        f"its pods imply {implied} with {failed}")
+                        f"its pods imply {implied} with {failed}; driver {run.history}; pods {describe(pods)}")
     duplicates, missing = pod_faults(plan, pods)
     problems += [f"duplicate pod: {d}" for d in duplicates] + [f"missing pod: {m}" for m in missing]
     if run.ended_early:
