@@ -43,6 +43,7 @@ class ShardedOptimizer(tf.Module):
             aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
         )
         strategy = tf.distribute.get_strategy()
+        self.versions = self._version_counters(variables, strategy)
         self.slots: dict[str, list[tf.Variable]] = {}
         for slot, initial in self.slot_initial.items():
             self.slots[slot] = []
@@ -55,6 +56,38 @@ class ShardedOptimizer(tf.Module):
                             name=f"{slot}_{index}",
                         )
                     )
+
+    @staticmethod
+    def _version_counters(variables: Sequence[tf.Variable], strategy: tf.distribute.Strategy) -> list[tf.Variable]:
+        """One update counter beside the parameters on each device that holds some (each parameter server): a
+        step reads them as it starts and counts its update on each, so the updates it missed are measured where
+        its parameters were read, not on whichever server holds `iterations`."""
+        first_on_device: dict[str, tf.Variable] = {}
+        for var in variables:
+            first_on_device.setdefault(var.device, var)
+        counters = []
+        for index, var in enumerate(first_on_device.values()):
+            with strategy.extended.colocate_vars_with(var):
+                counters.append(
+                    tf.Variable(
+                        0,
+                        dtype=tf.int64,
+                        trainable=False,
+                        name=f"version_{index}",
+                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
+                    )
+                )
+        return counters
+
+    def read_versions(self) -> list[tf.Tensor]:
+        """Every parameter server's update count, read as a step starts."""
+        return [counter.read_value() for counter in self.versions]
+
+    def staleness(self, read: Sequence[tf.Tensor]) -> tf.Tensor:
+        """Counts this step's update on every server and returns the most updates by others that any of them
+        applied since `read` (call after `apply`): how many steps old the step's parameters were."""
+        missed = [counter.assign_add(1) - 1 - before for counter, before in zip(self.versions, read, strict=True)]
+        return tf.reduce_max(tf.stack(missed))
 
     def apply(
         self,

@@ -110,8 +110,8 @@ class Runner:
 
     def replica_step(self, images: tf.Tensor, labels: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         """Forward, backward, (all-reduce when synchronous), apply; returns local (loss, accuracy, staleness)."""
-        read_at = self.optimizer.iterations.read_value()  # the update count as this step starts
-        with tf.control_dependencies([read_at]):  # Keras layers leave an outer control context: order the input
+        versions = self.optimizer.read_versions()  # each parameter server's update count as this step starts
+        with tf.control_dependencies(versions):  # Keras' layers ignored an outer control context: order the input
             images = tf.identity(images)
         with tf.GradientTape() as tape:
             probs = self.model(images, training=True)
@@ -123,8 +123,8 @@ class Runner:
             grads = [g / self.loss_scale.scale for g in grads]
         if self.replicas > 1:  # before the finiteness check, so that every replica skips the same steps
             grads = tf.distribute.get_replica_context().all_reduce(tf.distribute.ReduceOp.SUM, grads)
-        step = self.optimizer.apply(grads, self.variables, self.loss_scale)
-        staleness = tf.cast(step - 1 - read_at, tf.float32)  # other replicas' updates in between: Downpour's cost
+        self.optimizer.apply(grads, self.variables, self.loss_scale)
+        staleness = tf.cast(self.optimizer.staleness(versions), tf.float32)  # updates it missed: Downpour's cost
         predicted = tf.argmax(probs, axis=1, output_type=tf.int32)
         accuracy = tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
         return tf.reduce_mean(per_example), accuracy, staleness
