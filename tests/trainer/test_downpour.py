@@ -42,7 +42,9 @@ def test_a_slow_parameter_server_worker_does_not_hold_the_others_back(tmp_path: 
     for metrics in (calm, slowed):
         assert sum(metrics["replica_steps"].values()) == steps, metrics  # each dispatched step counted once
         assert metrics["staleness"]["updates"] == steps, metrics  # every update's staleness measured
-        assert 0 <= metrics["staleness"]["p50"] <= metrics["staleness"]["p99"] <= metrics["staleness"]["max"], metrics
+    # two workers computing at once: an update often lands on parameters the other worker has changed since its step
+    # read them (failed on the first measurement, which counted each update before its step had computed: always 0)
+    assert calm["staleness"]["max"] >= 1 and calm["staleness"]["mean"] > 0.2, calm
     rate = slowed["replica_steps_per_second"]["worker-0"]
     undisturbed = calm["replica_steps_per_second"]["worker-0"]
     assert rate >= 0.8 * undisturbed, (slowed, calm)

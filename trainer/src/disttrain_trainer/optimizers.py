@@ -83,10 +83,13 @@ class ShardedOptimizer(tf.Module):
         """Every parameter server's update count, read as a step starts."""
         return [counter.read_value() for counter in self.versions]
 
-    def staleness(self, read: Sequence[tf.Tensor]) -> tf.Tensor:
-        """Counts this step's update on every server and returns the most updates by others that any of them
-        applied since `read` (call after `apply`): how many steps old the step's parameters were."""
-        missed = [counter.assign_add(1) - 1 - before for counter, before in zip(self.versions, read, strict=True)]
+    def staleness(self, read: Sequence[tf.Tensor], grads: Sequence[tf.Tensor | None]) -> tf.Tensor:
+        """Counts this step's update on every server once its gradients exist, and returns the most updates by
+        others that any server counted since `read`: how many steps old the step's parameters were. The gradients
+        order the count: TensorFlow orders only ops on the same variable, so without them the count ran as soon
+        as the reads had (measured: every step 0)."""
+        with tf.control_dependencies([g for g in grads if g is not None]):
+            missed = [counter.assign_add(1) - 1 - before for counter, before in zip(self.versions, read, strict=True)]
         return tf.reduce_max(tf.stack(missed))
 
     def apply(
