@@ -19,8 +19,8 @@ def _title(result: Result, what: str) -> str:
     m = result["machine"]
     data = str(result.get("data") or "see data_args")
     data = data[data.find("(") + 1 : -1] if data.endswith(")") else data  # "test set only: fixed 8k train / ..."
-    shared = ", shared with other work during the run" if m["note"] else ""
-    return f"{what}\n{m['cpu']}, {m['cpus_available']} cores{shared}; MNIST: {data}"
+    note = f" ({m['note']})" if m["note"] else ""  # what the run said of the machine, e.g. that it was shared
+    return f"{what}\n{m['cpu']}, {m['cpus_available']} cores{note}; MNIST: {data}"
 
 
 def _save(fig: plt.Figure, path: Path) -> None:
