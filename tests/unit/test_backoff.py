@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import random
 
-from disttrain_operator.backoff import BASE_SECONDS, EXPECTATION_SECONDS, JITTER, MAX_SECONDS, CreateGate, slow_start
+from disttrain_operator.backoff import BASE_SECONDS, EXPECTATION_SECONDS, JITTER, MAX_SECONDS, CreateGate, SlowStart
 
 
-def test_slow_start_batches_double_and_cover_everything_once() -> None:
-    assert list(slow_start(111)) == [(0, 1), (1, 3), (3, 7), (7, 15), (15, 31), (31, 63), (63, 111)]
-    assert list(slow_start(0)) == []
+def test_slow_start_doubles_per_round_trip_up_to_its_limit_and_stops_at_a_refusal() -> None:
+    window, allowed = SlowStart(limit=16), []
+    for _ in range(6):  # a round trip in which everything in flight succeeds
+        allowed.append(window.allowed)
+        for _ in range(window.allowed):
+            window.succeeded()
+    assert allowed == [1, 2, 4, 8, 16, 16]
+    assert window.may_start(15) and not window.may_start(16)
+    window.refused()
+    assert not window.may_start(0)
 
 
 def test_refused_passes_back_off_exponentially_with_jitter_up_to_the_cap() -> None:

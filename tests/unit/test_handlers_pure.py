@@ -41,5 +41,25 @@ def test_the_operator_forgets_a_deleted_job_entirely() -> None:
     state.due[key] = 1.0
     state.gate(key)
     state.relisted[key] = 1.0
+    state.keep_job(job("uid-2", 1, 5))
     state.forget(key)
-    assert not (state.locks or state.due or state.reported or state.gates or state.relisted)  # only live jobs
+    assert not (state.locks or state.due or state.reported or state.gates or state.relisted or state.jobs
+                or state.generations)  # only live jobs
+
+
+def job(uid: str, generation: int, version: int) -> dict[str, object]:
+    return {"metadata": {"namespace": "ns", "name": "job", "uid": uid, "generation": generation,
+                         "resourceVersion": str(version)}}
+
+
+def test_a_job_is_passed_with_its_service_when_new_or_its_spec_changed_not_on_status_updates() -> None:
+    """What Kopf's create, update(spec) and resume handlers did, from the job's watch events alone."""
+    state = OperatorState(kube=None)  # type: ignore[arg-type]
+    assert state.keep_job(job("uid-1", 1, 10))  # created, or listed by a (re)started operator
+    assert not state.keep_job(job("uid-1", 1, 11))  # our own status patch coming back
+    assert state.keep_job(job("uid-1", 2, 12))  # the spec changed
+    assert not state.keep_job(job("uid-1", 2, 11))  # an older event after a newer one: the newer copy stays
+    assert state.jobs[("ns", "job")]["metadata"]["resourceVersion"] == "12"  # type: ignore[index]
+    assert state.keep_job(job("uid-2", 1, 20))  # deleted and created again under the same name
+    state.forget(("ns", "job"))
+    assert not state.generations and state.keep_job(job("uid-2", 1, 21))

@@ -42,8 +42,9 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" }}
 {{/*
 Exactly what the operator does, and nothing more (tests/integration/test_packaging.py runs the
 operator with these rules and records every request it makes):
-  - disttrainjobs: Kopf lists and watches them and patches its progress annotations and finalizer;
-    the operator reads one before each reconcile and deletes it after ttlSecondsAfterFinished.
+  - disttrainjobs: Kopf lists and watches them (no annotations or finalizers: the operator has no
+    Kopf create/update/delete handlers); the operator reads one when its status patch finds that
+    another writer was first (409), and deletes it after ttlSecondsAfterFinished.
   - disttrainjobs/status: the operator merge-patches the status subresource.
   - disttrainjobs/finalizers (update): never called; the OwnerReferencesPermissionEnforcement admission
     plugin (OpenShift, hardened clusters) checks it before a child may set blockOwnerDeletion on its job.
@@ -58,7 +59,7 @@ run time; it works without (logging a warning), so those cluster-wide reads are 
 {{- define "disttrain.rules" -}}
 - apiGroups: ["disttrain.io"]
   resources: ["disttrainjobs"]
-  verbs: ["get", "list", "watch", "patch", "delete"]
+  verbs: ["get", "list", "watch", "delete"]
 - apiGroups: ["disttrain.io"]
   resources: ["disttrainjobs/status"]
   verbs: ["patch"]

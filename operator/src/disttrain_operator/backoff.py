@@ -1,15 +1,14 @@
 """When to try creating a job's pods again after the API server refused some (quota, 429, a webhook), and which
 pods not to create again because they were just created (pure; the caller passes the clock).
 
-As Kubernetes' Job controller: pods go out in slow-start batches (1, 2, 4, ...) that stop at the first refusal,
-refused passes back off exponentially with jitter per job, and a pod created moments ago but not yet seen in the
-watch is not POSTed again (an expectation).
+As Kubernetes' Job controller: pods go out slow-start (1, then 2, 4, ... per round trip) and stop at the first
+refusal, refused passes back off exponentially with jitter per job, and a pod created moments ago but not yet seen
+in the watch is not POSTed again (an expectation).
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 BASE_SECONDS = 5.0
@@ -18,12 +17,25 @@ JITTER = 0.2  # +-20%: jobs refused together do not come back together
 EXPECTATION_SECONDS = 30.0  # a created pod not seen in the watch by then is created again
 
 
-def slow_start(count: int) -> Iterator[tuple[int, int]]:
-    """(start, end) of batches of 1, 2, 4, ... covering `count` items."""
-    start, size = 0, 1
-    while start < count:
-        yield start, min(start + size, count)
-        start, size = start + size, size * 2
+@dataclass
+class SlowStart:
+    """How many of a pass's creations may be in flight: 1 at first and one more for each that succeeds, so 1, 2, 4,
+    ... per round trip as the Job controller's batches, but a slow creation never holds the others back as a
+    batch's slowest does; at most `limit`; none once one is refused (a full quota costs one POST, not one per pod).
+    """
+
+    limit: int
+    allowed: int = 1
+    stopped: bool = False
+
+    def may_start(self, in_flight: int) -> bool:
+        return not self.stopped and in_flight < self.allowed
+
+    def succeeded(self) -> None:
+        self.allowed = min(self.allowed + 1, self.limit)
+
+    def refused(self) -> None:
+        self.stopped = True
 
 
 @dataclass

@@ -101,13 +101,14 @@ class Kube:
             executor.shutdown(wait=False, cancel_futures=True)
         self.api_client.close()
 
-    def _json(self, method: Any, *args: Any, **kwargs: Any) -> Any:
-        """Calls `method` and reads its response as JSON (in the calling worker thread)."""
+    def _json(self, method: Any, *args: Any, decode: bool = True, **kwargs: Any) -> Any:
+        """Calls `method` and reads its response, as JSON when `decode` (in the calling worker thread)."""
         response = method(*args, _request_timeout=self.timeout, _preload_content=False, **kwargs)
-        return json.loads(response.data or b"null")
+        data = response.data
+        return json.loads(data or b"null") if decode else None
 
-    async def _call(self, method: Any, *args: Any, **kwargs: Any) -> Any:
-        call = functools.partial(self._json, method, *args, **kwargs)
+    async def _call(self, method: Any, *args: Any, decode: bool = True, **kwargs: Any) -> Any:
+        call = functools.partial(self._json, method, *args, decode=decode, **kwargs)
         status = method in (self.custom.get_namespaced_custom_object, self.custom.patch_namespaced_custom_object_status)
         return await asyncio.get_running_loop().run_in_executor(self.status_executor if status else self.executor, call)
 
@@ -127,7 +128,7 @@ class Kube:
             ),
         }[kind]
         try:
-            await self._call(create, namespace, obj)
+            await self._call(create, namespace, obj, decode=False)  # a pod as created is a few KB nobody reads
             return True
         except ApiException as error:
             if error.status in (400, 422) or (error.status == 403 and POD_SECURITY_REFUSAL in str(error.body)):
