@@ -130,6 +130,12 @@ def lose_pods(scene: Scene, count: int) -> list[PodRecord]:
 class Verdict:
     problems: list[str] = field(default_factory=list)
     figures: dict[str, object] = field(default_factory=dict)
+    divergences: list[str] = field(default_factory=list)  # jobs whose pods did not follow their script
+
+
+# A job's pods may end other than its script meant (a failure the test injected that did not happen as planned):
+# the operator is still judged on what did happen. More than this many means the test no longer steers its jobs.
+MAX_DIVERGENCES = 2
 
 
 def describe(pods: list[PodRecord]) -> list[str]:
@@ -138,28 +144,29 @@ def describe(pods: list[PodRecord]) -> list[str]:
             f"{' lost' if p.lost else ''}{' gone' if p.gone else ''} seen #{p.order} ended #{p.ended}" for p in pods]
 
 
-def judge_job(scene: Scene, run: Run) -> tuple[list[str], tuple[str, str] | None, int, int]:
-    """One job against what its pods imply: (problems, its outcome, pods failed retryably, restarts in status)."""
+def judge_job(scene: Scene, run: Run) -> tuple[list[str], str | None, tuple[str, str] | None, int, int]:
+    """One job against what its pods imply: (problems, how its pods diverged from its script if they did, its
+    outcome, pods failed retryably, restarts in status)."""
     plan, pods = run.plan, scene.pods.of_job(run.plan.name)
     outcome, status = scene.jobs.outcome(plan.name), scene.jobs.status.get(plan.name) or {}
     implied, _ = implied_outcome(plan, pods)
     failed, restarts = len(failed_retryable(plan, pods)), int(status.get("restarts") or 0)
     where = f"{plan.name} ({plan.kind}, {plan.counts}, {plan.policies}, backoffLimit {plan.backoff_limit})"
     if outcome is None:
-        return [f"stuck: {where}: waiting for {run.waiting_for()}; status {status}"], None, failed, restarts
-    problems = []
+        return [f"stuck: {where}: waiting for {run.waiting_for()}; status {status}"], None, None, failed, restarts
+    problems, divergence = [], None
     if outcome != implied:
         problems.append(f"outcome: {where} ended {outcome}, its pods imply {implied}")
     if restarts != failed:
         problems.append(f"restarts: {where} says {restarts}, {failed} pods failed retryably")
     if (implied, failed) != (plan.expect, plan.expect_restarts):
-        problems.append(f"script: {where} meant {plan.expect} with {plan.expect_restarts} restarts, "
-                        f"its pods imply {implied} with {failed}; driver {run.history}; pods {describe(pods)}")
+        divergence = (f"script: {where} meant {plan.expect} with {plan.expect_restarts} restarts, "
+                      f"its pods imply {implied} with {failed}; driver {run.history}; pods {describe(pods)}")
     duplicates, missing = pod_faults(plan, pods)
     problems += [f"duplicate pod: {d}" for d in duplicates] + [f"missing pod: {m}" for m in missing]
     if run.ended_early:
         problems.append(f"{where}: {run.ended_early}")
-    return problems, outcome, failed, restarts
+    return problems, divergence, outcome, failed, restarts
 
 
 def judge(scene: Scene, seed: int) -> Verdict:
@@ -168,13 +175,17 @@ def judge(scene: Scene, seed: int) -> Verdict:
     outcomes: Counter[str] = Counter()
     failed_total = restarts_total = 0
     for run in scene.driver.runs.values():
-        problems, outcome, failed, restarts = judge_job(scene, run)
+        problems, divergence, outcome, failed, restarts = judge_job(scene, run)
         verdict.problems += problems
+        verdict.divergences += [divergence] if divergence else []
         outcomes[f"{outcome[0]}/{outcome[1]}" if outcome else "stuck"] += 1
         failed_total, restarts_total = failed_total + failed, restarts_total + restarts
     verdict.problems += scene.problems
     verdict.problems += [f"duplicate pods: {d}" for d in dict.fromkeys(scene.pods.duplicates)]
     verdict.problems += [f"status went back: {r}" for r in dict.fromkeys(scene.jobs.regressions)]
+    if len(verdict.divergences) > MAX_DIVERGENCES:
+        verdict.problems.append(f"{len(verdict.divergences)} jobs did not follow their scripts: the test no longer "
+                                f"steers what it means to test")
     verdict.figures = {
         "seed": seed, "seconds": round(time.monotonic() - scene.started), "jobs": len(scene.driver.runs),
         "operators started": scene.operators.started, "operator SIGKILLs": scene.operators.kills,
@@ -182,9 +193,11 @@ def judge(scene: Scene, seed: int) -> Verdict:
         "restarts in status": restarts_total, "pods ended by the test": len(scene.driver.annotated),
         "pods deleted by the test": sum(p.lost for p in scene.pods.pods.values()),
         "of them completed": sum(p.lost and p.phase == "Succeeded" for p in scene.pods.pods.values()),
-        "outcomes": dict(sorted(outcomes.items())),
+        "outcomes": dict(sorted(outcomes.items())), "jobs off their scripts": len(verdict.divergences),
     }
     log(f"figures: {verdict.figures}")
+    for divergence in verdict.divergences:  # the operator is judged on what happened; this is for the test's author
+        log(f"OFF SCRIPT {divergence}")
     for problem in verdict.problems:
         log(f"PROBLEM {problem}")
     if verdict.problems:
