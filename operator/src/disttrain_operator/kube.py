@@ -104,7 +104,7 @@ class Kube:
     def _json(self, method: Any, *args: Any, decode: bool = True, **kwargs: Any) -> Any:
         """Calls `method` and reads its response, as JSON when `decode` (in the calling worker thread)."""
         response = method(*args, _request_timeout=self.timeout, _preload_content=False, **kwargs)
-        data = response.data
+        data = response.data  # read in full either way: only then does the connection go back to the pool
         return json.loads(data or b"null") if decode else None
 
     async def _call(self, method: Any, *args: Any, decode: bool = True, **kwargs: Any) -> Any:

@@ -27,6 +27,13 @@ def variable_shards(model: keras.Model, trainable: bool = True) -> list[tf.Varia
     return flat
 
 
+def _counter(name: str) -> tf.Variable:
+    """An int64 count of updates, starting at 0, that every replica shares (the first replica's write counts)."""
+    return tf.Variable(
+        0, dtype=tf.int64, trainable=False, name=name, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA
+    )
+
+
 class ShardedOptimizer(tf.Module):
     """Base class: creates colocated slots per variable and applies dense gradients."""
 
@@ -35,13 +42,7 @@ class ShardedOptimizer(tf.Module):
     def __init__(self, learning_rate: float, variables: Sequence[tf.Variable], name: str) -> None:
         super().__init__(name=name)
         self.learning_rate = float(learning_rate)
-        self.iterations = tf.Variable(
-            0,
-            dtype=tf.int64,
-            trainable=False,
-            name="iterations",
-            aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-        )
+        self.iterations = _counter("iterations")
         strategy = tf.distribute.get_strategy()
         self.versions = self._version_counters(variables, strategy)
         self.slots: dict[str, list[tf.Variable]] = {}
@@ -68,15 +69,7 @@ class ShardedOptimizer(tf.Module):
         counters = []
         for index, var in enumerate(first_on_device.values()):
             with strategy.extended.colocate_vars_with(var):
-                counters.append(
-                    tf.Variable(
-                        0,
-                        dtype=tf.int64,
-                        trainable=False,
-                        name=f"version_{index}",
-                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA,
-                    )
-                )
+                counters.append(_counter(f"version_{index}"))
         return counters
 
     def read_versions(self) -> list[tf.Tensor]:
