@@ -7,7 +7,7 @@ import itertools
 import time
 from dataclasses import dataclass, field
 
-from chaos_harness import JobLedger, PodLedger, PodRecord
+from chaos_harness import JobLedger, PodLedger, PodRecord, delete_pod_now
 from chaos_scenarios import JobPlan, Step, retryable
 from controlplane import ANNOTATION_COMPLETE, ANNOTATION_FAIL_EXIT_CODE
 from kubernetes import client
@@ -24,15 +24,22 @@ class Run:
     plan: JobPlan
     step: int = 0
     started: bool = False  # every replica ran (driven jobs only)
+    go_at: float = 0.0  # monotonic time of the first step: the plan's hold after every replica ran
     awaiting: str | None = None  # the failed pod's UID whose replacement the next step waits for
     progress_at: float = field(default_factory=time.monotonic)
     ended_early: str | None = None
     history: list[str] = field(default_factory=list)  # what the driver did and saw, for a problem's message
 
+    def holding(self) -> bool:
+        """Every replica runs, and the script waits out its hold before the first step."""
+        return self.started and self.step == 0 and not self.awaiting and time.monotonic() < self.go_at
+
     def waiting_for(self) -> str:
         """What the script waits for now, in words (for a stuck job's report)."""
         if not self.started:
             return "every replica Running"
+        if self.holding():
+            return "the hold before the first step"
         if self.awaiting:
             step = self.plan.steps[self.step]
             if step.settle:
@@ -78,8 +85,9 @@ class Driver:
         if not run.started:
             replicas = [(plan.name, role, i) for role, count in plan.counts.items() for i in range(count)]
             run.started = all(self.pods.running(r) for r in replicas)
+            run.go_at = time.monotonic() + plan.hold
             return
-        if run.step >= len(plan.steps):
+        if run.step >= len(plan.steps) or run.holding():
             return
         step = plan.steps[run.step]
         pod = self.pods.running((plan.name, step.role, step.index))
@@ -101,8 +109,7 @@ class Driver:
     def _collect(self, uid: str, name: str) -> None:
         """Deletes a completed pod as PodGC does past its threshold (#10 item 4: it must never run again)."""
         try:
-            self.core.delete_namespaced_pod(name, self.namespace, grace_period_seconds=0, _request_timeout=10,
-                                            body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=uid)))
+            delete_pod_now(self.core, self.namespace, name, uid)
         except Exception:  # gone already, or the API server away: it stays
             return
         self.pods.lose(uid)

@@ -285,10 +285,10 @@ class PodLedger:
             return next((p for p in self.pods.values() if p.replica == pod.replica and p.order > pod.order), None)
 
     def running(self, replica: Replica) -> PodRecord | None:
-        """The replica's live pod once it is Running."""
+        """The replica's live pod once it is Running; never one the test lost (its deletion may not be seen yet)."""
         with self.lock:
-            return next((p for p in self.pods.values() if p.replica == replica and p.live and p.phase == "Running"),
-                        None)
+            return next((p for p in self.pods.values()
+                         if p.replica == replica and p.live and not p.lost and p.phase == "Running"), None)
 
 
 @dataclass
@@ -330,6 +330,14 @@ class JobLedger:
         with self.lock:
             known = self.terminal.get(name) or {}
             return next(((kind, known[kind]) for kind in TERMINAL if kind in known), None)
+
+
+def delete_pod_now(core: client.CoreV1Api, namespace: str, name: str, uid: str) -> None:
+    """Deletes pod `name` at once (no graceful deletion), as a lost node or PodGC would, only while it is still
+    `uid`. The grace period goes in the body: with a body, the API server ignores the query's gracePeriodSeconds,
+    and the pod stayed for its 30 s grace, still Running (the driver could tell it to exit after losing it)."""
+    options = client.V1DeleteOptions(grace_period_seconds=0, preconditions=client.V1Preconditions(uid=uid))
+    core.delete_namespaced_pod(name, namespace, body=options, _request_timeout=10)
 
 
 def watch_namespace(api: client.ApiClient, namespace: str) -> tuple[PodLedger, JobLedger, list[Watcher]]:

@@ -18,6 +18,7 @@ Obj = dict
 IMAGE = "registry.invalid/disttrain/trainer:test"
 KINDS = ("succeed", "permanent", "backoff", "template-success", "template-permanent", "template-backoff")
 KIND_WEIGHTS = (30, 12, 13, 15, 12, 18)
+HOLD_SECONDS = (2.0, 12.0)  # a driven job's replicas all run this long before its script starts
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class JobPlan:
     annotations: dict[str, dict[str, str]] = field(default_factory=dict)  # role -> its template's annotations
     expect: tuple[str, str] = ("Succeeded", "JobSucceeded")
     expect_restarts: int = 0
+    hold: float = 0.0  # seconds every replica runs untouched before the first step: pods a lost node may take
 
     @property
     def driven(self) -> bool:
@@ -134,6 +136,8 @@ def plan_job(rng: random.Random, name: str) -> JobPlan:
     plan.policies = _policies(rng, counts, {role for role, _ in plan.deciders()})
     {"succeed": _succeed, "permanent": _permanent, "backoff": _backoff, "template-success": _template_success,
      "template-permanent": _template_permanent, "template-backoff": _template_backoff}[kind](plan, rng)
+    if plan.driven:  # on a fast machine a script runs in moments: without a hold there is no Running pod to lose
+        plan.hold = round(rng.uniform(*HOLD_SECONDS), 1)
     return plan
 
 

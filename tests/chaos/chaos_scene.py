@@ -9,7 +9,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from chaos_driver import Driver, Run, failed_retryable, implied_outcome, pod_faults
-from chaos_harness import JobLedger, Operators, PodLedger, PodRecord, Watcher, log, watch_namespace
+from chaos_harness import JobLedger, Operators, PodLedger, PodRecord, Watcher, delete_pod_now, log, watch_namespace
 from chaos_scenarios import JobPlan
 from controlplane import ControlPlane
 from kubernetes import client
@@ -116,9 +116,7 @@ def lose_pods(scene: Scene, count: int) -> list[PodRecord]:
     for pod in scene.rng.sample(candidates, min(count, len(candidates))):
         job, role, index = pod.replica
         try:
-            core.delete_namespaced_pod(f"{job}-{role}-{index}", scene.namespace, grace_period_seconds=0,
-                                       body=client.V1DeleteOptions(preconditions=client.V1Preconditions(uid=pod.uid)),
-                                       _request_timeout=10)
+            delete_pod_now(core, scene.namespace, f"{job}-{role}-{index}", pod.uid)
         except Exception:  # gone already, or the API server away
             continue
         scene.pods.lose(pod.uid)
@@ -153,7 +151,8 @@ def judge_job(scene: Scene, run: Run) -> tuple[list[str], str | None, tuple[str,
     failed, restarts = len(failed_retryable(plan, pods)), int(status.get("restarts") or 0)
     where = f"{plan.name} ({plan.kind}, {plan.counts}, {plan.policies}, backoffLimit {plan.backoff_limit})"
     if outcome is None:
-        return [f"stuck: {where}: waiting for {run.waiting_for()}; status {status}"], None, None, failed, restarts
+        return [f"stuck: {where}: waiting for {run.waiting_for()}; driver {run.history}; pods {describe(pods)}; "
+                f"status {status}"], None, None, failed, restarts
     problems, divergence = [], None
     if outcome != implied:
         problems.append(f"outcome: {where} ended {outcome}, its pods imply {implied}")

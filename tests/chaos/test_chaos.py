@@ -82,6 +82,8 @@ def watch_gap(scene: Scene, name: str) -> None:
     log(f"watch gap: {name} stopped while {len(lost)} pods were lost, etcd compacted at {revision} and "
         f"kube-apiserver restarted (away {away:.1f}s)")
     missing = scene.recreated(lost, within=RECREATE_SECONDS)  # the operator runs on, undisturbed meanwhile
+    if not any(p.phase == "Running" for p in lost):  # the check above would be empty
+        scene.problems.append("watch gap: no Running pod was lost during it, so none had to be recreated")
     scene.problems += [f"watch gap: {pod} lost, not recreated {RECREATE_SECONDS:.0f}s after the operator resumed"
                        for pod in missing]
 
