@@ -26,7 +26,9 @@ from .failure import redact, write_failure_message
 log = logging.getLogger(__name__)
 
 SHUTDOWN_QUEUE = "disttrain_shutdown"
-SEND_TIMEOUT = 5.0
+SEND_TIMEOUT = 5.0  # one attempt to hand a task its token
+SHUTDOWN_SECONDS = 20.0  # all attempts: on a busy machine one attempt timed out, and the task served on
+RETRY_PAUSE = 0.5
 CHIEF_GONE_EXIT_CODE = 3  # the chief vanished without sending the shutdown token: not a success
 TOKEN_EXIT_DELAY = 1.0  # lets the chief's call that delivered the token return before this server goes
 
@@ -129,30 +131,41 @@ def _only(device: str) -> tf.compat.v1.ConfigProto:
 
 
 def send_shutdown(config: ClusterConfig) -> None:
-    """From the chief after success: enqueue a token on every ps and worker (dead ones time out)."""
+    """From the chief after success: enqueue a token on every ps and worker, each tried again until it is taken
+    or SHUTDOWN_SECONDS have passed (a dead task never takes it)."""
     targets = [(job, i) for job in (Role.PS, Role.WORKER) for i in range(config.count(job))]
-    threads = [threading.Thread(target=_send_token, args=(config, *t), daemon=True) for t in targets]
+    deadline = time.monotonic() + SHUTDOWN_SECONDS
+    threads = [threading.Thread(target=_send_token, args=(config, *t, deadline), daemon=True) for t in targets]
     for thread in threads:
         thread.start()
-    deadline = time.monotonic() + SEND_TIMEOUT
     for thread in threads:
         thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _send_token(config: ClusterConfig, job: str, index: int) -> None:
+def _send_token(config: ClusterConfig, job: str, index: int, deadline: float) -> None:
+    """Tries `_enqueue_token` until it succeeds or `deadline` (time.monotonic) comes; says so when it never did."""
+    while True:
+        try:
+            _enqueue_token(config, job, index)
+            return
+        except Exception as exc:
+            if time.monotonic() + RETRY_PAUSE >= deadline:
+                log.warning("could not send shutdown token to %s %d: %s", job, index, exc)
+                return
+        time.sleep(RETRY_PAUSE)
+
+
+def _enqueue_token(config: ClusterConfig, job: str, index: int) -> None:
     """A graph session straight to the task's own server, so the queue's shared name matches."""
     device = f"/job:{job}/replica:0/task:{index}"
     options = _only(device)
     options.operation_timeout_in_ms = int(SEND_TIMEOUT * 1000)
-    try:
-        with tf.Graph().as_default():
-            with tf.device(device):
-                queue = tf.queue.FIFOQueue(8, tf.int32, shared_name=SHUTDOWN_QUEUE, name=SHUTDOWN_QUEUE)
-                enqueue = queue.enqueue(1)
-            with tf.compat.v1.Session(f"grpc://{config.cluster[job][index]}", config=options) as session:
-                session.run(enqueue)
-    except Exception as exc:
-        log.warning("could not send shutdown token to %s %d: %s", job, index, exc)
+    with tf.Graph().as_default():
+        with tf.device(device):
+            queue = tf.queue.FIFOQueue(8, tf.int32, shared_name=SHUTDOWN_QUEUE, name=SHUTDOWN_QUEUE)
+            enqueue = queue.enqueue(1)
+        with tf.compat.v1.Session(f"grpc://{config.cluster[job][index]}", config=options) as session:
+            session.run(enqueue)
 
 
 def report_failure(message: str) -> None:
