@@ -25,7 +25,7 @@ BIG = {"image": "trainer:test", "replicaSpecs": {"chief": {"replicas": 1}, "ps":
 class InstantKube:
     """Every call succeeds at once: what remains is the operator's own work on the loop."""
 
-    async def patch_job_status(self, *_: Any, **__: Any) -> str:
+    async def patch_job_status(self, *_: Any) -> str:
         return "2"
 
     async def post_event(self, *_: Any) -> None:

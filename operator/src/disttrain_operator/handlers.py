@@ -562,9 +562,7 @@ async def apply_plan(
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
     patch = status_patch(stored, plan.status)
     if patch is not None:
-        # what `kubectl wait` and a replacement pod wait for goes ahead of other jobs' routine counts
-        urgent = plan.status.finished or plan.status.restarts != int(stored.get("restarts") or 0)
-        version = await state.kube.patch_job_status(namespace, name, patch, meta["resourceVersion"], urgent=urgent)
+        version = await state.kube.patch_job_status(namespace, name, patch, meta["resourceVersion"])
         meta["resourceVersion"] = version or meta["resourceVersion"]  # a later patch in this pass builds on it
         stored = plan.status.model_dump(by_alias=True, mode="json")
         if version is not None:
