@@ -92,7 +92,7 @@ class Driver:
         step = plan.steps[run.step]
         pod = self.pods.running((plan.name, step.role, step.index))
         if run.awaiting:
-            if step.settle and self.recorded(plan.name, step.role):
+            if step.settle and self.recorded(plan.name, step.role, step.index):
                 self._collect(run.awaiting, f"{plan.name}-{step.role}-{step.index}")
                 run.history.append(f"step {run.step}: {run.awaiting[:8]} recorded")
                 run.step, run.awaiting = run.step + 1, None
@@ -114,11 +114,13 @@ class Driver:
             return
         self.pods.lose(uid)
 
-    def recorded(self, job: str, role: str) -> bool:
-        """The job's status counts every completed pod of `role` the test has seen (the operator saw them)."""
-        done = sum(1 for p in self.pods.of_job(job) if p.replica[1] == role and p.phase == "Succeeded")
+    def recorded(self, job: str, role: str, index: int) -> bool:
+        """The test saw the replica's pod complete and the job's status counts that very replica as completed (the
+        operator saw it). A count of completions is not enough: it may be another replica's, while this pod still
+        runs (a replay of seed 377506 deleted worker-1 so, and the operator rightly made a new one)."""
+        done = any(p.replica == (job, role, index) and p.phase == "Succeeded" for p in self.pods.of_job(job))
         status = self.jobs.status.get(job) or {}
-        return done > 0 and int(((status.get("replicaStatuses") or {}).get(role) or {}).get("succeeded") or 0) >= done
+        return done and index in ((status.get("completedReplicas") or {}).get(role) or ())
 
     def _end(self, pod: PodRecord, step: Step) -> bool:
         """Annotates the pod (only while it is still that UID) so that kwok ends it with the step's exit code."""

@@ -110,7 +110,7 @@ def lose_pods(scene: Scene, count: int) -> list[PodRecord]:
         if pod.gone or pod.deleting or run is None or scene.jobs.outcome(job) is not None:
             continue
         if (pod.phase == "Running" and run.plan.driven and pod.uid not in scene.driver.annotated) or (
-                pod.phase == "Succeeded" and scene.driver.recorded(job, role)):
+                pod.phase == "Succeeded" and scene.driver.recorded(job, role, index)):
             candidates.append(pod)
     core = client.CoreV1Api(scene.api)
     for pod in scene.rng.sample(candidates, min(count, len(candidates))):
