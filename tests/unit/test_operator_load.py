@@ -25,7 +25,7 @@ BIG = {"image": "trainer:test", "replicaSpecs": {"chief": {"replicas": 1}, "ps":
 class InstantKube:
     """Every call succeeds at once: what remains is the operator's own work on the loop."""
 
-    async def patch_job_status(self, *_: Any) -> str:
+    async def patch_job_status(self, *_: Any, **__: Any) -> str:
         return "2"
 
     async def post_event(self, *_: Any) -> None:
@@ -98,7 +98,7 @@ def test_the_informer_lists_in_chunks_and_a_relist_purges_pods_that_are_gone() -
     changed: list[tuple[str, str]] = []
 
     async def scenario() -> None:
-        informer = PodInformer(None, ["ns"], changed.append, chunk=4)  # type: ignore[arg-type]
+        informer = PodInformer(None, ["ns"], lambda key, _: changed.append(key), chunk=4)  # type: ignore[arg-type]
         informer.core = PagedCore([pod(f"p{i}", i) for i in range(9)])  # type: ignore[assignment]
         assert await asyncio.to_thread(informer._list, "ns") == "7"
         await asyncio.sleep(0)

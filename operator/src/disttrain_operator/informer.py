@@ -32,6 +32,13 @@ WATCH_SECONDS = 300  # the server ends each watch after this long; it is resumed
 RETRY_SECONDS = 1.0
 
 
+def decisive(before: ReplicaObservation | None, after: ReplicaObservation) -> bool:
+    """A change to pass on at once: the pod ended, is being deleted, or its container restarted in place (what a
+    job's outcome, restarts and replacements depend on); not a pod that appeared, was scheduled or started."""
+    return (after.phase in ("Succeeded", "Failed") or after.deleting
+            or (before is not None and (before.restarts, before.uid) != (after.restarts, after.uid)))
+
+
 def entry_of(pod: dict[str, Any]) -> tuple[JobKey, str, Entry] | None:
     """(job key, pod name, entry) of a pod of some job; None for a pod that is no replica."""
     if pod_replica(pod) is None:
@@ -43,15 +50,16 @@ def entry_of(pod: dict[str, Any]) -> tuple[JobKey, str, Entry] | None:
 class PodInformer:
     """Pods labelled with a job, by job: `get(key)` lists (owner UID, observation) as Kopf's index did.
 
-    The view is changed only on the event loop (the thread hands each change over); `on_change(key)` is called
-    there for every job whose pods changed. `synced` is set once every namespace has been listed.
+    The view is changed only on the event loop (the thread hands each change over); `on_change(key, urgent)` is
+    called there for every job whose pods changed, `urgent` when a pod ended, restarted or went (`decisive`); a pod
+    that appeared or started can wait for its siblings. `synced` is set once every namespace has been listed.
     """
 
     def __init__(
         self,
         api_client: ApiClient,
         namespaces: Iterable[str] | None,
-        on_change: Callable[[JobKey], None],
+        on_change: Callable[[JobKey, bool], None],
         chunk: int = 500,
     ) -> None:
         self.core = CoreV1Api(api_client)
@@ -93,21 +101,22 @@ class PodInformer:
                 self.synced.set()
             return  # the first list: the jobs' own start-up passes look at them
         for key in old | set(listed):
-            self.on_change(key)
+            self.on_change(key, True)
 
     def _apply(self, kind: str, pod: dict[str, Any]) -> None:
         found = entry_of(pod)
         if found is None:
             return
         key, name, entry = found
+        pods = self.pods.setdefault(key, {})
+        before = pods.get(name)
         if kind == "DELETED":
-            pods = self.pods.get(key, {})
             pods.pop(name, None)
-            if not pods:
-                self.pods.pop(key, None)
         else:
-            self.pods.setdefault(key, {})[name] = entry
-        self.on_change(key)
+            pods[name] = entry
+        if not pods:
+            self.pods.pop(key, None)
+        self.on_change(key, kind == "DELETED" or decisive(before[1] if before else None, entry[1]))
 
     # -- in the thread
 
