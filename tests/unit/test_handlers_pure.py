@@ -63,3 +63,15 @@ def test_a_job_is_passed_with_its_service_when_new_or_its_spec_changed_not_on_st
     assert state.keep_job(job("uid-2", 1, 20))  # deleted and created again under the same name
     state.forget(("ns", "job"))
     assert not state.generations and state.keep_job(job("uid-2", 1, 21))
+
+
+def test_a_kept_job_leaves_out_its_managed_fields() -> None:
+    """Field ownership is never read, and at 1,000 jobs it was most of what the kept copies held (#13)."""
+    state = OperatorState(kube=None)  # type: ignore[arg-type]
+    delivered = job("uid-1", 1, 10)
+    managed = [{"manager": "disttrain-operator", "fieldsV1": {"f:status": {"f:state": {}}}}]
+    delivered["metadata"]["managedFields"] = managed  # type: ignore[index]
+    state.keep_job(delivered)
+    kept = state.jobs[("ns", "job")]
+    assert "managedFields" not in kept["metadata"] and kept["metadata"]["uid"] == "uid-1"
+    assert delivered["metadata"]["managedFields"] == managed  # type: ignore[index]  # Kopf's own copy untouched

@@ -126,9 +126,15 @@ class OperatorState:
     def keep_job(self, job: Obj) -> bool:
         """Remembers the newest copy of a job: an older resourceVersion (a watch event overtaken by our own patch)
         never replaces a newer one. A stale copy would only cost a 409 and a fresh GET. True when the job is new
-        to this operator or has a new generation (its spec changed) since the last copy."""
+        to this operator or has a new generation (its spec changed) since the last copy.
+
+        The copy leaves out metadata.managedFields: never read, and most of a job's size once its status has fields
+        (at 1,000 jobs the kept copies were the largest thing the operator held)."""
         key, kept = job_key(job), self.jobs.get(job_key(job))
         if kept is None or _version(job) is None or _version(kept) is None or _version(job) >= _version(kept):
+            meta = job["metadata"]
+            if "managedFields" in meta:
+                job = {**job, "metadata": {k: v for k, v in meta.items() if k != "managedFields"}}
             self.jobs[key] = job
         generation = (job["metadata"].get("uid"), job["metadata"].get("generation"))
         if self.generations.get(key) == generation:
