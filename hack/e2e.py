@@ -35,6 +35,7 @@ import node as realnode  # noqa: E402
 
 REPO = HACK.parent
 E2E_DIR = controlplane.cache_root() / "e2e"
+JOB_ENDINGS = ("Succeeded", "Failed")  # a job that has reached one never reaches the other
 APT_PACKAGES = {
     "docker.io": "dockerd",
     "containernetworking-plugins": "/usr/lib/cni/bridge",
@@ -170,18 +171,27 @@ class Cluster:
         return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
 
     def wait_condition(self, job: str, condition: str, timeout: float) -> None:
-        result = self.kubectl(
-            "wait",
-            f"dtj/{job}",
-            f"--for=condition={condition}",
-            f"--timeout={int(timeout)}s",
-            check=False,
-            timeout=timeout + 30,
-        )
-        if result.returncode != 0:
+        """Wait until the job's `condition` is True; fail as soon as it has ended otherwise (Failed while
+        Succeeded is awaited, say), with the job and its pods in the message."""
+
+        def outcome() -> str | None:
+            result = self.kubectl("get", f"dtj/{job}", "-o", "json", check=False)
+            if result.returncode != 0:
+                return None
+            conditions = json.loads(result.stdout).get("status", {}).get("conditions", [])
+            true = {c["type"] for c in conditions if c.get("status") == "True"}
+            if condition in true:
+                return "reached"
+            return ", ".join(sorted(true & set(JOB_ENDINGS) - {condition})) or None
+
+        try:
+            found = controlplane.wait_for(outcome, timeout=timeout, what=f"dtj/{job} {condition}", interval=2)
+        except AssertionError:
+            found = f"not after {timeout}s"
+        if found != "reached":
             job_yaml = self.kubectl("get", f"dtj/{job}", "-o", "yaml", check=False).stdout
             pods = self.kubectl("get", "pods", "-o", "wide", check=False).stdout
-            raise AssertionError(f"dtj/{job} not {condition} after {timeout}s:\n{job_yaml}\n{pods}")
+            raise AssertionError(f"dtj/{job} not {condition} ({found}):\n{job_yaml}\n{pods}")
 
     def pods(self, job: str) -> list[dict]:
         return self.get("pods", "-l", f"disttrain.io/job-name={job}")["items"]

@@ -26,6 +26,9 @@ log = logging.getLogger(__name__)
 CHIEF_DEVICE = "/job:chief/replica:0/task:0/device:CPU:0"  # the parameter-server coordinator's own CPU
 IN_FLIGHT_PER_WORKER = 2  # closures queued per worker: one running, one ready the moment it finishes
 FLOAT16, BFLOAT16, FLOAT32 = "mixed_float16", "mixed_bfloat16", "float32"  # Keras dtype policies
+WORKER_TARGET = "/job:worker/"
+PS_TARGET = "remote target /job:ps"  # gRPC names the task that failed the call; a parameter server is not a result
+RESTARTED_WORKER = ("unable to find the relevant tensor remote_handle", "unknown device")  # answers, tensors gone
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,18 @@ def mixed_precision_policy(replicas: Iterable[Collection[str]]) -> str:
     if has_gpu and all(has_gpu):
         return FLOAT16
     return FLOAT32 if any(has_gpu) else BFLOAT16
+
+
+def results_lost_with_worker(error: BaseException) -> bool:
+    """Whether reading a finished parameter-server closure's results failed because the worker holding them is
+    gone (killed, or restarted without them). The closure ran and its update reached the parameter servers; only
+    its loss and accuracy are lost. The coordinator retries closures that fail on a worker, but not this copy."""
+    text = str(error)
+    if WORKER_TARGET not in text or PS_TARGET in text:
+        return False
+    if isinstance(error, (tf.errors.UnavailableError, tf.errors.AbortedError)):
+        return True
+    return isinstance(error, tf.errors.InvalidArgumentError) and any(m in text.lower() for m in RESTARTED_WORKER)
 
 
 @dataclass(frozen=True)
@@ -236,7 +251,8 @@ class ParameterServerRunner(Runner):
         """Complete `steps` asynchronous steps, reading each closure's result as it arrives, in any order: no
         barrier, so a slow worker holds back only its own closure. Closures stay queued (up to
         IN_FLIGHT_PER_WORKER per worker, and within `steps + ahead` steps), so workers keep training while the
-        chief logs and checkpoints; failed closures are retried by the coordinator."""
+        chief logs and checkpoints; failed closures are retried by the coordinator, and closures whose results went
+        with their worker are scheduled again here."""
         losses: list[float] = []
         accuracies: list[float] = []
         staleness: list[float] = []
@@ -246,7 +262,15 @@ class ParameterServerRunner(Runner):
             finished, _ = futures.wait(self._in_flight, return_when=futures.FIRST_COMPLETED)
             for future in finished:
                 size = self._in_flight.pop(future)
-                loss, accuracy, worker, stale = future.result()
+                try:
+                    loss, accuracy, worker, stale = future.result()
+                except Exception as error:
+                    if not results_lost_with_worker(error):
+                        raise
+                    # its update was applied: running the steps again overshoots the step budget, as a retried
+                    # closure does (training.train takes the optimizer's count when it is the larger)
+                    log.warning("a worker was lost before %d finished step(s) were read; they run again", size)
+                    continue
                 losses += [float(loss)] * size  # a closure reports its mean: repeated for each of its steps
                 accuracies += [float(accuracy)] * size
                 staleness += [float(s) for s in np.ravel(stale)]
