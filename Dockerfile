@@ -26,6 +26,7 @@ ARG KUBERNETES_VERSION=37.0.2
 ARG PYDANTIC_VERSION=2.14.4
 ARG PYYAML_VERSION=6.0.4
 ARG PROMETHEUS_CLIENT_VERSION=0.26.0
+ARG ORJSON_VERSION=3.13.0
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
@@ -38,7 +39,8 @@ RUN python -m venv /opt/disttrain \
         "kubernetes==${KUBERNETES_VERSION}" \
         "pydantic==${PYDANTIC_VERSION}" \
         "PyYAML==${PYYAML_VERSION}" \
-        "prometheus-client==${PROMETHEUS_CLIENT_VERSION}"
+        "prometheus-client==${PROMETHEUS_CLIENT_VERSION}" \
+        "orjson==${ORJSON_VERSION}"
 COPY operator/ /src/operator/
 RUN /opt/disttrain/bin/pip install --no-compile --no-deps /src/operator \
  && /opt/disttrain/bin/pip check \

@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from types import SimpleNamespace
 from typing import Any
+
+from kubernetes.client import ApiClient
 
 from disttrain_operator.api import DistTrainJobStatus, parse_spec
 from disttrain_operator.builders import build_pod, build_task_service
@@ -79,18 +80,19 @@ def pod(name: str, index: int) -> Obj:
     return built | {"status": {"phase": "Running"}}
 
 
-class PagedCore:
-    """list_namespaced_pod in pages of `limit`, as the API server answers (metadata.continue)."""
+class PagedList:
+    """A pod list in pages of `limit`, as the API server answers (metadata.continue)."""
 
     def __init__(self, pods: list[Obj]) -> None:
         self.pods, self.calls = pods, []
 
-    def list_namespaced_pod(self, namespace: str, **kwargs: Any) -> Any:
-        self.calls.append(kwargs)
-        start = int(kwargs.get("_continue") or 0)
-        end = start + kwargs["limit"]
+    def __call__(self, method: str, path: str, query: Obj, **_: Any) -> Obj:
+        assert (method, path) == ("GET", "/api/v1/namespaces/ns/pods")
+        self.calls.append(query)
+        start = int(query.get("continue") or 0)
+        end = start + query["limit"]
         meta = {"resourceVersion": "7", **({"continue": str(end)} if end < len(self.pods) else {})}
-        return SimpleNamespace(data=json.dumps({"items": self.pods[start:end], "metadata": meta}).encode())
+        return json.loads(json.dumps({"items": self.pods[start:end], "metadata": meta}))
 
 
 def test_the_informer_lists_in_chunks_and_a_relist_purges_pods_that_are_gone() -> None:
@@ -98,14 +100,14 @@ def test_the_informer_lists_in_chunks_and_a_relist_purges_pods_that_are_gone() -
     changed: list[tuple[str, str]] = []
 
     async def scenario() -> None:
-        informer = PodInformer(None, ["ns"], lambda key, _: changed.append(key), chunk=4)  # type: ignore[arg-type]
-        informer.core = PagedCore([pod(f"p{i}", i) for i in range(9)])  # type: ignore[assignment]
+        informer = PodInformer(ApiClient(), ["ns"], lambda key, _: changed.append(key), chunk=4)
+        informer.request = PagedList([pod(f"p{i}", i) for i in range(9)])  # type: ignore[assignment]
         assert await asyncio.to_thread(informer._list, "ns") == "7"
         await asyncio.sleep(0)
-        assert [c["limit"] for c in informer.core.calls] == [4, 4, 4]  # type: ignore[attr-defined]
+        assert [c["limit"] for c in informer.request.calls] == [4, 4, 4]  # type: ignore[attr-defined]
         assert informer.synced.is_set() and len(informer.get(("ns", "job"))) == 9
         assert changed == []  # the first list: the jobs' start-up passes look at them
-        informer.core = PagedCore([pod(f"p{i}", i) for i in range(8)])  # type: ignore[assignment]
+        informer.request = PagedList([pod(f"p{i}", i) for i in range(8)])  # type: ignore[assignment]
         await asyncio.to_thread(informer._list, "ns")  # after a 410: worker-8 was deleted meanwhile
         await asyncio.sleep(0)
         assert sorted(o.index for _, o in informer.get(("ns", "job"))) == list(range(8))
@@ -114,29 +116,21 @@ def test_the_informer_lists_in_chunks_and_a_relist_purges_pods_that_are_gone() -
     asyncio.run(scenario())
 
 
-class SlowApi:
+def slow_requests(method: str, path: str, **_: Any) -> Obj | None:
     """Creations take 0.2 s each; a status patch answers at once."""
-
-    def create_namespaced_pod(self, namespace: str, body: Obj, **_: Any) -> Any:
+    if method == "POST":
         time.sleep(0.2)
-        return SimpleNamespace(data=b"{}")
-
-    def patch_namespaced_custom_object_status(self, *_: Any, **__: Any) -> Any:
-        return SimpleNamespace(data=b'{"metadata": {"resourceVersion": "9"}}')
-
-    get_namespaced_custom_object = patch_namespaced_custom_object_status
-    create_namespaced_service = read_namespaced_pod = read_namespaced_service = create_namespaced_pod
+        return None
+    return {"metadata": {"resourceVersion": "9"}}
 
 
 def test_a_status_patch_does_not_wait_behind_a_burst_of_creations() -> None:
     """On the old code both shared one pool of threads: behind 160 queued creations the patch waited ~2 s."""
-    from kubernetes.client import ApiClient
-
     from disttrain_operator.kube import Kube
 
     async def scenario() -> float:
         kube = Kube(ApiClient())
-        kube.core = kube.custom = SlowApi()  # type: ignore[assignment]
+        kube.request = slow_requests  # type: ignore[assignment]
         pods = [{"kind": "Pod", "metadata": {"namespace": "ns", "name": f"p{i}"}} for i in range(160)]
         creations = [asyncio.create_task(kube.create_or_adopt(p, UID)) for p in pods]
         await asyncio.sleep(0.05)

@@ -145,6 +145,7 @@ def test_pinned_python_packages_satisfy_the_project_requirements() -> None:
         "pydantic": stage_args("operator-build")["PYDANTIC_VERSION"],
         "pyyaml": stage_args("operator-build")["PYYAML_VERSION"],
         "prometheus-client": stage_args("operator-build")["PROMETHEUS_CLIENT_VERSION"],
+        "orjson": stage_args("operator-build")["ORJSON_VERSION"],
         "numpy": stage_args("trainer-build")["NUMPY_VERSION"],
         "tensorboard": stage_args("trainer-build")["TENSORBOARD_VERSION"],
     }

@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 import pytest
+from kubernetes.client import ApiClient
 
 from disttrain_operator import handlers
 from disttrain_operator.handlers import COALESCE_SECONDS, SETTLE_SECONDS, OperatorState, reconcile_soon
@@ -40,7 +41,7 @@ def test_the_informer_says_which_changes_are_urgent() -> None:
     calls: list[bool] = []
 
     async def scenario() -> None:
-        informer = PodInformer(None, ["ns"], lambda key, urgent: calls.append(urgent))  # type: ignore[arg-type]
+        informer = PodInformer(ApiClient(), ["ns"], lambda key, urgent: calls.append(urgent))
         pod = {"metadata": {"name": "job-worker-0", "namespace": "ns", "uid": "u1",
                             "labels": {"disttrain.io/job-name": "job", "disttrain.io/replica-type": "worker",
                                        "disttrain.io/replica-index": "0"}}, "status": {"phase": "Pending"}}
