@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from disttrain_operator.api import DistTrainJobStatus, ReplicaStatus, ReplicaType
+import asyncio
+import logging
+from datetime import UTC, datetime
+
+import pytest
+
+from disttrain_operator.api import DistTrainJobStatus, ReplicaStatus, ReplicaType, parse_spec
 from disttrain_operator.handlers import OperatorState, observed_pods, status_patch
 from disttrain_operator.lifecycle import ReplicaObservation
 
@@ -75,3 +81,42 @@ def test_a_kept_job_leaves_out_its_managed_fields() -> None:
     kept = state.jobs[("ns", "job")]
     assert "managedFields" not in kept["metadata"] and kept["metadata"]["uid"] == "uid-1"
     assert delivered["metadata"]["managedFields"] == managed  # type: ignore[index]  # Kopf's own copy untouched
+
+
+class ListingKube:
+    """The API server's pods of the job, as a fresh list returns them."""
+
+    def __init__(self, pods: list[dict[str, object]]) -> None:
+        self.pods = pods
+
+    async def list_job_pods(self, namespace: str, job_name: str) -> list[dict[str, object]]:
+        return self.pods
+
+
+def test_a_watch_behind_the_operators_own_creations_is_no_news_but_pods_gone_from_it_are(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """In a healthy 200-job burst, 171 passes logged at INFO that the watch's view was stale: it had not shown yet
+    the pods the job's first pass had just created. Only pods the watch still shows but the API server no longer has
+    (a watch gap) are worth a line."""
+    from disttrain_operator.builders import build_pod
+    from disttrain_operator.handlers import plan_pass
+    from disttrain_operator.observe import observe_pod
+
+    spec = parse_spec("j", {"image": "trainer:test", "replicaSpecs": {"worker": {"replicas": 5}}})
+    pods = [build_pod("j", "ns", "job-uid", spec, "worker", i) for i in range(5)]
+    for i, pod in enumerate(pods):
+        pod["metadata"]["uid"], pod["status"] = f"pod-{i}", {"phase": "Pending"}
+    meta = {"name": "j", "namespace": "ns", "uid": "job-uid", "generation": 1, "resourceVersion": "3"}
+    job_obj = {"metadata": meta, "spec": {}, "status": {"state": "Created"}}
+
+    def next_pass(listed: list[dict[str, object]], seen: list[dict[str, object]]) -> list[str]:
+        caplog.clear()
+        state = OperatorState(kube=ListingKube(listed))  # type: ignore[arg-type]
+        with caplog.at_level(logging.INFO, logger="disttrain_operator.handlers"):
+            asyncio.run(plan_pass(state, job_obj, spec, [observe_pod(p) for p in seen], datetime.now(UTC)))
+        return [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+
+    assert next_pass(listed=pods, seen=pods[:3]) == []  # before: "the watch's view of its pods was stale"
+    assert next_pass(listed=pods[:4], seen=pods) == [
+        "ns/j: the watch still shows 1 pod(s) the API server no longer has (a watch gap); deciding on a fresh list"]

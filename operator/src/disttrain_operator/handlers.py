@@ -207,7 +207,7 @@ async def configure(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) 
     )
 
     def on_change(key: JobKey, urgent: bool) -> None:
-        state.spawn(reconcile_soon(state, key, COALESCE_SECONDS, 0.0 if urgent else SETTLE_SECONDS))
+        request_pass(state, key, COALESCE_SECONDS, 0.0 if urgent else SETTLE_SECONDS)
 
     informer = PodInformer(make_api_client(), memo.get("namespaces"), on_change)
     informer.start()
@@ -231,6 +231,16 @@ async def close(memo: kopf.Memo, **_: Any) -> None:
 
 
 # ---------------------------------------------------------------- passes
+
+
+def request_pass(state: OperatorState, key: JobKey, coalesce: float = 0.0, settle: float = 0.0) -> None:
+    """A pass for the job soon (`reconcile_soon`), unless one already waits: no task for each of a job's pod events
+    (several per pod) only to find that."""
+    waiting = state.queued.get(key)
+    if waiting is None:
+        state.spawn(reconcile_soon(state, key, coalesce, settle))
+    elif not settle:
+        waiting.set()
 
 
 async def reconcile_soon(state: OperatorState, key: JobKey, coalesce: float = 0.0, settle: float = 0.0) -> None:
@@ -308,7 +318,7 @@ async def wake_up_loop(state: OperatorState) -> None:
         for key, due in list(state.due.items()):
             if due <= now and key not in state.queued:
                 state.due.pop(key, None)
-                state.spawn(reconcile_soon(state, key))
+                request_pass(state, key)
 
 
 # ---------------------------------------------------------------- jobs
@@ -456,7 +466,12 @@ async def plan_pass(
     fresh = [observe_pod(p) for p in listed if controller_uid(p) == meta["uid"] and pod_replica(p) is not None]
     if _view(fresh) == _view(observed):
         return observed, plan
-    logger.info("%s/%s: the watch's view of its pods was stale; deciding on a fresh list", *key)
+    # pods the watch has not shown yet (often the ones this operator just created) only mean it is behind: no news;
+    # pods it shows that the API server no longer has mean it missed their deletion, and they would not be recreated
+    gone = {(o.role, o.index, o.uid) for o in observed} - {(o.role, o.index, o.uid) for o in fresh}
+    if gone:
+        logger.info("%s/%s: the watch still shows %d pod(s) the API server no longer has (a watch gap); deciding on a "
+                    "fresh list", *key, len(gone))
     return fresh, decide(fresh)
 
 
